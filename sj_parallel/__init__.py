@@ -1,0 +1,24 @@
+"""sj_parallel: parallel spiking neurons for SpikingJelly.
+
+PSN, masked PSN and sliding PSN (Fang et al., NeurIPS 2023) and MPE-PSN (Chen et al.,
+2024) as SpikingJelly ``MemoryModule`` subclasses, with a memory-lean torch backend
+and fused CuPy kernels.
+"""
+
+from .backends import BACKENDS
+from .neuron import MPEPSN, PSN, MaskedPSN, ParallelNeuron, SlidingPSN
+from .utils import masked_psn_lambda, membrane_loss, set_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "PSN",
+    "MaskedPSN",
+    "SlidingPSN",
+    "MPEPSN",
+    "ParallelNeuron",
+    "set_backend",
+    "membrane_loss",
+    "masked_psn_lambda",
+]

@@ -1,0 +1,177 @@
+r"""Functional multi-step ops: input checks, flattening and backend dispatch.
+
+Each op takes a time-first sequence ``x_seq`` ``[T, N, *]``, flattens it to
+``[T, M]``, runs the chosen backend and restores the shape. The math of every op is
+in :mod:`sj_parallel.reference`.
+
+dtype policy: ``x_seq`` must be a floating tensor. float32/float64 inputs need
+parameters of the same dtype; float16/bfloat16 inputs accept float32 or same-dtype
+parameters (what ``torch.autocast`` and ``.half()`` produce) and are computed with
+float32 accumulation. Spikes come back in ``x_seq``'s dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from . import reference as ref
+from .backends import get_backend
+
+Surrogate = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = [
+    "psn_multi_step",
+    "masked_psn_multi_step",
+    "sliding_psn_multi_step",
+    "mpe_psn_multi_step",
+    "check_input",
+]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_input(
+    x: torch.Tensor,
+    name: str,
+    *,
+    min_dim: int = 1,
+    param: Optional[torch.Tensor] = None,
+    what: str = "[T, N, *]",
+) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for input the neurons cannot take."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} expects a floating-point input (float16, bfloat16, float32 or "
+            f"float64), got {x.dtype}; convert it with .float()"
+        )
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} expects an input of shape {what} with at least {min_dim} dims, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if param is not None:
+        pd = param.dtype
+        ok = x.dtype == pd or (x.dtype in _HALF and pd in (torch.float32, x.dtype))
+        if not ok:
+            raise TypeError(
+                f"{name}: input dtype {x.dtype} does not match the neuron's parameter "
+                f"dtype {pd}; convert the module (e.g. .to({x.dtype})) or the input "
+                f"(.to({pd}))"
+            )
+        if param.device != x.device:
+            raise ValueError(
+                f"{name}: input is on {x.device} but the neuron's parameters are on "
+                f"{param.device}; move one of them"
+            )
+
+
+def _flat(x_seq: torch.Tensor) -> torch.Tensor:
+    return x_seq.reshape(x_seq.shape[0], -1)
+
+
+def psn_multi_step(
+    x_seq: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate_function: Surrogate,
+    backend: str = "torch",
+) -> torch.Tensor:
+    r"""PSN: :math:`S = \Theta(W X + b)` for ``x_seq`` ``[T, N, *]``.
+
+    :param weight: ``[T, T]``
+    :param bias: ``[T, 1]``
+    """
+    T = weight.shape[0]
+    check_input(x_seq, "PSN", min_dim=2, param=weight)
+    if x_seq.shape[0] != T:
+        raise ValueError(
+            f"PSN(T={T}) expects an input of shape [T={T}, N, *], got "
+            f"{tuple(x_seq.shape)} (T={x_seq.shape[0]})"
+        )
+    be = get_backend(backend, x_seq)
+    return be.psn(_flat(x_seq), weight, bias, surrogate_function).view(x_seq.shape)
+
+
+def masked_psn_multi_step(
+    x_seq: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    lambda_: torch.Tensor | float,
+    mask0: torch.Tensor,
+    surrogate_function: Surrogate,
+    backend: str = "torch",
+) -> torch.Tensor:
+    r"""Masked PSN: :math:`S = \Theta((W \odot M(\lambda)) X + b)`."""
+    T = weight.shape[0]
+    check_input(x_seq, "MaskedPSN", min_dim=2, param=weight)
+    if x_seq.shape[0] != T:
+        raise ValueError(
+            f"MaskedPSN(T={T}) expects an input of shape [T={T}, N, *], got "
+            f"{tuple(x_seq.shape)} (T={x_seq.shape[0]})"
+        )
+    be = get_backend(backend, x_seq)
+    w = ref.masked_weight(weight, lambda_, mask0)
+    return be.psn(_flat(x_seq), w, bias, surrogate_function).view(x_seq.shape)
+
+
+def sliding_psn_multi_step(
+    x_seq: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate_function: Surrogate,
+    backend: str = "torch",
+) -> torch.Tensor:
+    r"""Sliding PSN: :math:`H[t] = \sum_{i<k} w_i X[t-k+1+i] + b`, any length ``T``."""
+    check_input(x_seq, "SlidingPSN", min_dim=2, param=weight)
+    be = get_backend(backend, x_seq)
+    return be.sliding_psn(_flat(x_seq), weight, bias, surrogate_function).view(
+        x_seq.shape
+    )
+
+
+def mpe_psn_multi_step(
+    x_seq: torch.Tensor,
+    v_threshold: torch.Tensor,
+    tau: float,
+    surrogate_function: Surrogate,
+    *,
+    estimate_from: str = "previous",
+    stochastic: bool = True,
+    seed: Tuple[int, int] = (0, 0),
+    t0: int = 0,
+    u_hat0: Optional[torch.Tensor] = None,
+    u0: Optional[torch.Tensor] = None,
+    need_mse: bool = False,
+    backend: str = "torch",
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MPE-PSN over ``x_seq`` ``[T, N, *]``; see :func:`sj_parallel.reference.mpe_psn`.
+
+    Returns ``(spikes [T, N, *], mse [T] float32, u_hat_last [N, *], u_last [N, *])``.
+    """
+    check_input(x_seq, "MPEPSN", min_dim=2, param=v_threshold)
+    if estimate_from not in ref.MPE_WIRINGS:
+        raise ValueError(
+            f"estimate_from must be one of {ref.MPE_WIRINGS}, got {estimate_from!r}"
+        )
+    be = get_backend(backend, x_seq)
+    x = _flat(x_seq)
+    flat_state = [None if s is None else s.reshape(-1) for s in (u_hat0, u0)]
+    s, mse, uhl, ul = be.mpe_psn(
+        x,
+        v_threshold,
+        tau,
+        surrogate_function,
+        estimate_from=estimate_from,
+        stochastic=stochastic,
+        seed=seed,
+        t0=t0,
+        u_hat0=flat_state[0],
+        u0=flat_state[1],
+        need_mse=need_mse,
+    )
+    rest = x_seq.shape[1:]
+    return s.view(x_seq.shape), mse, uhl.view(rest), ul.view(rest)

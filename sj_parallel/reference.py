@@ -1,0 +1,317 @@
+r"""The math of every neuron in sj_parallel, written once in plain torch.
+
+This module is the single source of truth: the torch backend's memory-lean autograd
+functions and the CUDA kernels are both tested against these functions (in float64),
+and the modules use them directly for single-step mode. Everything here is
+differentiable with ordinary autograd and works for any floating dtype and device.
+
+Shapes are time-first and flattened: ``x`` is ``[T, M]`` (``M`` = all non-time dims).
+
+PSN family (Fang et al., NeurIPS 2023)
+--------------------------------------
+.. math::
+
+    H = W X + b, \qquad S = \Theta(H), \qquad \Theta(h) = [h \ge 0]
+
+* PSN: ``W`` is a learnable ``[T, T]`` matrix, ``b`` a ``[T, 1]`` column.
+* Masked PSN: ``W \odot M(\lambda)`` with
+  :math:`M(\lambda) = \lambda M_k + (1 - \lambda) J`, :math:`M_k[i][j] = [j \le i \le
+  j + k - 1]`, ``J`` all ones.
+* Sliding PSN: ``k`` shared weights, :math:`H[t] = \sum_{i=0}^{k-1} w_i X[t-k+1+i] + b`
+  (zero history before ``t = 0``), i.e. the banded Toeplitz matrix
+  :math:`W_g[i][j] = w[k-1-(i-j)]` for :math:`0 \le i-j \le k-1`.
+
+MPE-PSN (Chen et al., 2024)
+---------------------------
+With input current :math:`I_t`, decay multiplier :math:`\tau` and threshold
+:math:`V_{th}`:
+
+.. math::
+
+    p_t = \sigma(I_t), \quad b_t \sim \mathrm{Bernoulli}(p_t), \quad
+    \hat u_t = (1 - b_t) I_t \quad (\text{or } (1 - p_t) I_t \text{ when deterministic})
+
+* ``estimate_from="previous"`` (paper, Fig. 2): :math:`h_t = \tau \hat u_{t-1} + I_t`,
+  :math:`\hat u_{-1}` = the carried state (0 after a reset).
+* ``estimate_from="current"`` (the authors' DVS-Gesture code): :math:`h_0 = I_0`,
+  :math:`h_t = I_t + \tau \hat u_t` for :math:`t \ge 1`.
+
+:math:`o_t = \Theta(h_t - V_{th})`. The real post-reset potential of the LIF neuron
+that MPE-PSN approximates is :math:`u_t = (1 - o_t) h_t`. The per-step estimation
+error (``mse``, used by the auxiliary loss) compares each estimate with the potential
+it stands in for: :math:`\mathrm{mean}_m(\hat u_t - u_t)^2` for the paper wiring and
+:math:`\mathrm{mean}_m(\hat u_t - u_{t-1})^2` (``t >= 1``; 0 at the very first step)
+for the current wiring. The spike :math:`o_t` inside :math:`u_t` is treated as a
+constant in that loss.
+
+Counter-based Bernoulli samples
+-------------------------------
+The Bernoulli draws come from a stateless hash of ``(seed, global index)`` so that
+the torch path, the CUDA kernels, single-step and multi-step modes all draw the
+very same samples, and backward regenerates them instead of storing a mask.
+``index = (t0 + t) * M + m``; with the ``lowbias32`` mixer
+
+.. code-block:: text
+
+    mix32(x): x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16
+    a = mix32(lo32(index) + seed_lo);  r = mix32(a ^ (hi32(index) + seed_hi))
+    u = (r >> 8) * 2**-24            # uniform in [0, 1)
+    b = u < sigmoid(I)
+
+all arithmetic modulo 2**32. ``sj_parallel/cuda/common.cuh`` implements the same.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "heaviside",
+    "psn_h",
+    "psn",
+    "band_mask",
+    "masked_weight",
+    "masked_psn",
+    "sliding_weight_matrix",
+    "sliding_psn",
+    "sliding_psn_step",
+    "mix32",
+    "hash_uniform",
+    "mpe_bernoulli",
+    "mpe_estimate",
+    "mpe_psn",
+    "MPE_WIRINGS",
+]
+
+MPE_WIRINGS = ("previous", "current")
+_MASK32 = 0xFFFFFFFF
+
+
+def heaviside(h: torch.Tensor) -> torch.Tensor:
+    r""":math:`\Theta(h) = [h \ge 0]` in ``h``'s dtype (SpikingJelly's convention).
+
+    NaN compares false, so a NaN potential gives no spike (0).
+    """
+    return (h >= 0).to(h.dtype)
+
+
+# ----------------------------------------------------------------------------- PSN
+def psn_h(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``H = W X + b``; ``x`` ``[T, M]``, ``weight`` ``[T, T]``, ``bias`` ``[T, 1]``."""
+    return torch.addmm(bias, weight, x)
+
+
+def psn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """PSN spikes ``S = surrogate(W X + b)`` (``Θ`` forward, surrogate backward)."""
+    return surrogate_function(psn_h(x, weight, bias))
+
+
+def band_mask(
+    T: int, k: int, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """``M_k[i][j] = 1`` if ``j <= i <= j + k - 1`` else 0 (a band of width k)."""
+    i = torch.arange(T, device=device).unsqueeze(1)
+    j = torch.arange(T, device=device).unsqueeze(0)
+    d = i - j
+    return ((d >= 0) & (d <= k - 1)).to(dtype)
+
+
+def masked_weight(
+    weight: torch.Tensor,
+    lambda_: torch.Tensor | float,
+    mask0: torch.Tensor,
+    mask1: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    r""":math:`W \odot (\lambda M_k + (1 - \lambda) J)`; ``W ⊙ M_k`` at λ >= 1."""
+    if float(lambda_) >= 1.0:
+        return weight * mask0
+    if mask1 is None:
+        mask1 = torch.ones_like(mask0)
+    return weight * (lambda_ * mask0 + (1.0 - lambda_) * mask1)
+
+
+def masked_psn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    lambda_: torch.Tensor | float,
+    mask0: torch.Tensor,
+    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Masked PSN spikes for ``x`` ``[T, M]``."""
+    return psn(x, masked_weight(weight, lambda_, mask0), bias, surrogate_function)
+
+
+def sliding_weight_matrix(weight: torch.Tensor, T: int) -> torch.Tensor:
+    """The banded lower-triangular Toeplitz ``[T, T]`` matrix of sliding weights.
+
+    ``Wg[i][j] = weight[k-1-(i-j)]`` for ``0 <= i-j <= k-1``, else 0. Built with one
+    gather (no Python loop over ``T``); differentiable with respect to ``weight``.
+    """
+    k = weight.shape[0]
+    i = torch.arange(T, device=weight.device).unsqueeze(1)
+    j = torch.arange(T, device=weight.device).unsqueeze(0)
+    d = i - j
+    valid = (d >= 0) & (d <= k - 1)
+    idx = (k - 1 - d).clamp(0, k - 1)
+    return torch.where(valid, weight[idx], weight.new_zeros(()))
+
+
+def sliding_psn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Sliding PSN spikes for ``x`` ``[T, M]`` of any length ``T``; ``bias`` 0-dim."""
+    T = x.shape[0]
+    h = torch.addmm(bias.reshape(1, 1), sliding_weight_matrix(weight, T), x)
+    return surrogate_function(h)
+
+
+def sliding_psn_step(
+    history: Tuple[torch.Tensor, ...],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One sliding-PSN step from the last ``<= k`` inputs (oldest first)."""
+    k = weight.shape[0]
+    n = len(history)
+    h = bias
+    for i, xi in enumerate(history):
+        h = h + weight[k - n + i] * xi
+    return surrogate_function(h)
+
+
+# ------------------------------------------------------------------------- MPE-PSN
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    # (x * c) mod 2**32 for 0 <= x < 2**32 without leaving int64's range.
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """The ``lowbias32`` integer mixer on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    x = x ^ (x >> 16)
+    return x
+
+
+def hash_uniform(
+    seed: Tuple[int, int], index: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Uniform [0, 1) numbers from ``(seed, index)``, ``index`` an int64 tensor."""
+    seed_lo, seed_hi = int(seed[0]) & _MASK32, int(seed[1]) & _MASK32
+    lo = index & _MASK32
+    hi = (index >> 32) & _MASK32
+    a = mix32((lo + seed_lo) & _MASK32)
+    r = mix32(a ^ ((hi + seed_hi) & _MASK32))
+    return (r >> 8).to(dtype) * (1.0 / 16777216.0)
+
+
+def mpe_bernoulli(
+    x: torch.Tensor, seed: Tuple[int, int], t0: int = 0, *, M: Optional[int] = None
+) -> torch.Tensor:
+    """Bernoulli(sigmoid(x)) samples (0/1 in ``x``'s dtype) from the counter hash.
+
+    ``x`` is ``[T, M]`` (or ``[M]`` for one step); sample ``(t, m)`` uses the global
+    index ``(t0 + t) * M + m``.
+    """
+    if M is None:
+        M = x.shape[-1]
+    steps = x.shape[0] if x.dim() == 2 else 1
+    t = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int64)
+    m = torch.arange(M, device=x.device, dtype=torch.int64)
+    index = (t.unsqueeze(1) * M + m.unsqueeze(0)).reshape(x.shape)
+    u = hash_uniform(seed, index, torch.float32)
+    p = torch.sigmoid(x.detach().float())
+    return (u < p).to(x.dtype)
+
+
+def mpe_estimate(
+    x: torch.Tensor,
+    stochastic: bool,
+    seed: Optional[Tuple[int, int]] = None,
+    t0: int = 0,
+) -> torch.Tensor:
+    r"""The post-reset potential estimate :math:`\hat u`.
+
+    Stochastic: :math:`(1 - b) x` with :math:`b \sim \mathrm{Bernoulli}(\sigma(x))`
+    (gradient :math:`1 - b`); deterministic: the expectation :math:`(1 - \sigma(x))x`.
+    """
+    if stochastic:
+        if seed is None:
+            raise ValueError("a stochastic MPE estimate needs a seed")
+        return (1.0 - mpe_bernoulli(x, seed, t0)) * x
+    return (1.0 - torch.sigmoid(x)) * x
+
+
+def mpe_psn(
+    x: torch.Tensor,
+    v_threshold: torch.Tensor | float,
+    tau: float,
+    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    estimate_from: str = "previous",
+    stochastic: bool = True,
+    seed: Tuple[int, int] = (0, 0),
+    t0: int = 0,
+    u_hat0: Optional[torch.Tensor] = None,
+    u0: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MPE-PSN over ``x`` ``[T, M]`` starting at global step ``t0``.
+
+    ``u_hat0`` is the previous step's estimate (paper wiring's carried state) and
+    ``u0`` the previous step's real post-reset potential (current wiring's loss
+    target); both default to 0, the state after ``reset_net``.
+
+    Returns ``(spikes [T, M], mse [T], u_hat_last [M], u_last [M])``.
+    """
+    if estimate_from not in MPE_WIRINGS:
+        raise ValueError(f"estimate_from must be one of {MPE_WIRINGS}")
+    T = x.shape[0]
+    zero = x.new_zeros(x.shape[1:])
+    u_hat_prev = zero if u_hat0 is None else u_hat0
+    u_prev = zero if u0 is None else u0
+    u_hat = mpe_estimate(x, stochastic, seed, t0)
+    spikes, mses = [], []
+    for t in range(T):
+        if estimate_from == "previous":
+            h = x[t] + tau * u_hat_prev
+            est, target_fn = u_hat[t], None
+        else:
+            h = x[t] if t0 + t == 0 else x[t] + tau * u_hat[t]
+            est, target_fn = u_hat[t], u_prev
+        o = surrogate_function(h - v_threshold)
+        u = (1.0 - o.detach()) * h
+        if estimate_from == "previous":
+            mses.append(((est - u) ** 2).mean())
+        elif t0 + t == 0:
+            mses.append(x.new_zeros(()))
+        else:
+            mses.append(((est - target_fn) ** 2).mean())
+        spikes.append(o)
+        u_hat_prev = u_hat[t]
+        u_prev = u
+    return torch.stack(spikes), torch.stack(mses), u_hat_prev, u_prev
+
+
+def check_tau(tau: float) -> float:
+    """Validate MPE-PSN's decay multiplier (a finite float)."""
+    tau = float(tau)
+    if not math.isfinite(tau):
+        raise ValueError(f"tau must be a finite number, got {tau}")
+    return tau
