@@ -150,7 +150,8 @@ def mpe_psn_multi_step(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """MPE-PSN over ``x_seq`` ``[T, N, *]``; see :func:`sj_parallel.reference.mpe_psn`.
 
-    Returns ``(spikes [T, N, *], mse [T] float32, u_hat_last [N, *], u_last [N, *])``.
+    Returns ``(spikes [T, N, *], mse [T], u_hat_last [N, *], u_last [N, *])``; ``mse``
+    is float32 for half inputs, else in the input's dtype.
     """
     check_input(x_seq, "MPEPSN", min_dim=2, param=v_threshold)
     if estimate_from not in ref.MPE_WIRINGS:

@@ -138,7 +138,8 @@ def _mpe_recompute(x, v_th, tau, estimate_from, stochastic, seed, t0, u_hat0, u0
 class MPEPSNFunction(torch.autograd.Function):
     """MPE-PSN keeping only ``X`` for backward; samples are regenerated from the hash.
 
-    Outputs ``(spikes [T, M], mse [T] float32, u_hat_last [M], u_last [M])``.
+    Outputs ``(spikes [T, M], mse [T], u_hat_last [M], u_last [M])``; ``mse`` is in
+    the compute dtype (float32 for half inputs, else the input's dtype).
     """
 
     @staticmethod
@@ -163,14 +164,14 @@ class MPEPSNFunction(torch.autograd.Function):
             )
             s = surrogate_function(z)
             u = (1.0 - s) * h
-            mse = x.new_zeros(x.shape[0], dtype=torch.float32)
+            mse = x.new_zeros(x.shape[0], dtype=cd)
             if need_mse:
                 if estimate_from == "previous":
                     e = u_hat - u
                 else:
                     prev_u = xc.new_zeros(x.shape[1:]) if u0 is None else u0.to(cd)
                     e = (u_hat - torch.cat([prev_u.unsqueeze(0), u[:-1]], 0)) * coef
-                mse = e.float().pow(2).mean(1)
+                mse = e.pow(2).mean(1)
             u_hat_last = u_hat[-1].to(x.dtype)
             u_last = u[-1].to(x.dtype)
         ctx.save_for_backward(x, v_th, u_hat0, u0)
