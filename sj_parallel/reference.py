@@ -131,8 +131,8 @@ def masked_weight(
     mask1: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r""":math:`W \odot (\lambda M_k + (1 - \lambda) J)`; ``W ⊙ M_k`` at λ >= 1."""
-    if float(lambda_) >= 1.0:
-        return weight * mask0
+    # No branch on λ: at λ = 1 the blend is exactly M_k (1·M_k + 0·J), and a
+    # data-dependent branch would break torch.compile graphs.
     if mask1 is None:
         mask1 = torch.ones_like(mask0)
     return weight * (lambda_ * mask0 + (1.0 - lambda_) * mask1)
