@@ -510,12 +510,13 @@ class MPEPSN(ParallelNeuron):
     def _run(
         self, x_seq: torch.Tensor, states: States, backend: str
     ) -> Tuple[torch.Tensor, States]:
+        F.check_input(x_seq, "MPEPSN", min_dim=2, param=self.v_threshold)
         time_step, seed, u_hat, u, mem_loss = states
         stochastic = self.stochastic
         if stochastic and (seed is None or time_step == 0):
             seed = tuple(torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist())
         need_mse = self.training
-        steps = x_seq.shape[0] if x_seq.dim() > 0 else 0
+        steps = x_seq.shape[0]
         if need_mse and time_step + steps > self.T:
             raise ValueError(
                 f"MPEPSN(T={self.T}) got {time_step + steps} time steps in training "

@@ -1,0 +1,151 @@
+"""Bad input gets a clear error that says what was expected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+
+import sj_parallel as sjp
+import sj_parallel.backends as backends
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sjp.PSN(4),
+        lambda: sjp.MaskedPSN(2, 4, step_mode="m"),
+    ],
+)
+def test_wrong_T(make):
+    with pytest.raises(ValueError, match=r"T=4.*got .*T=5"):
+        make()(torch.randn(5, 3))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sjp.PSN(4),
+        lambda: sjp.SlidingPSN(2, step_mode="m"),
+        lambda: sjp.MPEPSN(4, step_mode="m"),
+    ],
+)
+def test_too_few_dims_and_integer_input(make):
+    m = make()
+    with pytest.raises(ValueError, match=r"\[T, N, \*\].*at least 2 dims"):
+        m(torch.randn(4))
+    with pytest.raises(TypeError, match="floating-point input"):
+        m(torch.ones(4, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m([[1.0, 2.0]])
+
+
+def test_dtype_mismatch():
+    with pytest.raises(TypeError, match=r"torch.float64 does not match.*torch.float32"):
+        sjp.PSN(4)(torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="does not match"):
+        sjp.SlidingPSN(2, step_mode="m").double()(torch.randn(4, 3))
+    with pytest.raises(TypeError, match="does not match"):
+        sjp.MPEPSN(4, step_mode="s")(torch.randn(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("k,T", [(0, 4), (5, 4), (-1, 4)])
+def test_masked_k_range(k, T):
+    with pytest.raises(ValueError, match="k"):
+        sjp.MaskedPSN(k, T)
+
+
+def test_int_arguments():
+    with pytest.raises(TypeError, match="T must be an int"):
+        sjp.PSN(4.0)
+    with pytest.raises(ValueError, match="T must be >= 1"):
+        sjp.PSN(0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        sjp.SlidingPSN(0)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan")])
+def test_lambda_range(lam):
+    with pytest.raises(ValueError, match=r"lambda_ must be in \[0, 1\]"):
+        sjp.MaskedPSN(2, 4, lambda_init=lam)
+    m = sjp.MaskedPSN(2, 4)
+    with pytest.raises(ValueError, match=r"lambda_ must be in \[0, 1\]"):
+        m.lambda_ = lam
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"unknown backend 'triton'.*'torch', 'cupy'"):
+        sjp.PSN(4, backend="triton")
+    with pytest.raises(ValueError, match="unknown backend"):
+        sjp.set_backend(torch.nn.Sequential(sjp.PSN(4)), "jax")
+
+
+def test_cupy_backend_needs_cupy(monkeypatch):
+    monkeypatch.setattr(backends, "cupy_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install cupy-cuda12x"):
+        sjp.PSN(4, backend="cupy")
+    with pytest.raises(ImportError, match="CuPy"):
+        sjp.set_backend(torch.nn.Sequential(sjp.PSN(4)), "cupy")
+
+
+@pytest.mark.skipif(not backends.cupy_available(), reason="CuPy is not installed")
+def test_cupy_backend_needs_cuda_tensors():
+    for m in [
+        sjp.PSN(4, backend="cupy"),
+        sjp.SlidingPSN(2, step_mode="m", backend="cupy"),
+        sjp.MPEPSN(4, step_mode="m", backend="cupy"),
+    ]:
+        with pytest.raises(ValueError, match=r"backend 'cupy' needs CUDA tensors.*cpu"):
+            m(torch.randn(4, 3))
+
+
+def test_masked_single_step_rules():
+    m = sjp.MaskedPSN(2, 3, lambda_init=0.5, step_mode="s")
+    with pytest.raises(ValueError, match="lambda_ >= 1"):
+        m(torch.randn(4))
+    m.lambda_ = 1.0
+    for _ in range(3):
+        m(torch.randn(4))
+    with pytest.raises(OverflowError, match=r"T=3.*reset_net"):
+        m(torch.randn(4))
+    functional.reset_net(m)
+    m(torch.randn(4))
+
+
+def test_psn_single_step_raises():
+    m = sjp.PSN(4, step_mode="s")
+    with pytest.raises(ValueError, match="only supports multi-step mode"):
+        m(torch.randn(3))
+
+
+def test_mpe_errors():
+    with pytest.raises(ValueError, match="estimate_from must be one of"):
+        sjp.MPEPSN(4, estimate_from="next")
+    with pytest.raises(ValueError, match="tau must be a finite number"):
+        sjp.MPEPSN(4, tau=float("inf"))
+    m = sjp.MPEPSN(4, step_mode="m")
+    with pytest.raises(ValueError, match=r"MPEPSN\(T=4\) got 6 time steps in training"):
+        m(torch.randn(6, 3))
+    m.eval()
+    assert m(torch.randn(6, 3)).shape == (6, 3)  # any length in eval
+
+
+def test_device_mismatch_message():
+    m = sjp.PSN(2)
+    x = torch.randn(2, 3, device="meta")
+    with pytest.raises(
+        ValueError, match="input is on meta but the neuron's parameters"
+    ):
+        m(x)
+
+
+def test_lambda_schedule():
+    assert sjp.masked_psn_lambda(0, 64) == 0.0
+    assert sjp.masked_psn_lambda(4, 65) == 0.5
+    assert sjp.masked_psn_lambda(8, 65) == 1.0
+    assert sjp.masked_psn_lambda(63, 64) == 1.0
+    assert sjp.masked_psn_lambda(0, 1) == 1.0
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        sjp.masked_psn_lambda(0, 0)
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        sjp.masked_psn_lambda(-1, 10)
