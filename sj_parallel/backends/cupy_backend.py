@@ -1,0 +1,446 @@
+"""The ``"cupy"`` backend: fused CUDA kernels for multi-step mode.
+
+The kernels (``sj_parallel/cuda/*.cu``; launch layouts, what is saved and the bytes
+each pass moves are documented at the top of each file) are registered as
+``torch.library`` custom ops with fake implementations and autograd formulas, so
+``torch.compile`` keeps them in its graphs. Functions here take flattened ``[T, M]``
+CUDA tensors, like :mod:`sj_parallel.backends.torch_backend`, and compute the same
+values (:mod:`sj_parallel.reference` is the math both are tested against).
+
+Inputs may be float32, float16 or bfloat16 (float32 math inside); parameters are used
+as float32 and their gradients returned in their own dtype, which is what
+``torch.autocast`` needs. Non-contiguous inputs are made contiguous.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _cuda as C
+
+if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
+    raise ImportError("backend 'cupy' needs torch >= 2.4 (torch.library.custom_op)")
+
+Surrogate = Callable[[Tensor], Tensor]
+
+
+def _check(x: Tensor, name: str) -> Tensor:
+    if not x.is_cuda:
+        raise ValueError(
+            f"{name}: backend 'cupy' needs CUDA tensors, got a tensor on {x.device}"
+        )
+    C.compile_options(x.dtype)  # clear error for unsupported dtypes
+    return x.contiguous()
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32).contiguous()
+
+
+# ----------------------------------------------------------------------------- PSN
+@torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())
+def psn_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tensor:
+    T, M = x.shape
+    s = torch.empty_like(x)
+    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, fixed_t=T)
+    args = [
+        C.ptr(x),
+        C.ptr(_f32(weight)),
+        C.ptr(_f32(bias)),
+        C.ptr(s),
+        np.int64(M),
+        np.int32(T),
+    ]
+    C.launch(k, C.grid_for(M, C.BLOCKS["psn"]), C.BLOCKS["psn"], args, x.device)
+    return s
+
+
+@psn_forward.register_fake
+def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())
+def psn_backward(
+    x: Tensor,
+    grad_s: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    T, M = x.shape
+    gx = torch.empty_like(x)
+    gW = torch.zeros(T, T, dtype=torch.float32, device=x.device)
+    gb = torch.zeros(T, dtype=torch.float32, device=x.device)
+    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, fixed_t=T)
+    args = [
+        C.ptr(x),
+        C.ptr(grad_s.to(x.dtype).contiguous()),
+        C.ptr(_f32(weight)),
+        C.ptr(_f32(bias)),
+        C.ptr(gx),
+        C.ptr(gW),
+        C.ptr(gb),
+        np.int64(M),
+        np.int32(T),
+        np.int32(sg_kind),
+        np.float32(sg_a),
+        np.float32(sg_c),
+        np.float32(sg_d),
+    ]
+    grid = C.grid_for(M, C.BLOCKS["psn"], cap=1024)  # fewer blocks, fewer atomics
+    C.launch(k, grid, C.BLOCKS["psn"], args, x.device)
+    return gx, gW.to(weight.dtype), gb.view(T, 1).to(bias.dtype)
+
+
+@psn_backward.register_fake
+def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _psn_setup(ctx, inputs, output):
+    x, weight, bias, *sg = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.sg = sg
+
+
+def _psn_bwd(ctx, grad_s):
+    x, weight, bias = ctx.saved_tensors
+    gx, gW, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    return gx, gW, gb, None, None, None, None
+
+
+psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
+
+
+def psn(
+    x: Tensor, weight: Tensor, bias: Tensor, surrogate_function: Surrogate
+) -> Tensor:
+    """Dense PSN (and masked PSN with its masked weight) on CUDA ``x`` ``[T, M]``."""
+    x = _check(x, "PSN")
+    T = x.shape[0]
+    if T > C.PSN_MAX_T:
+        raise ValueError(
+            f"backend 'cupy' supports PSN/MaskedPSN with T <= {C.PSN_MAX_T}, got "
+            f"T={T}; use backend='torch'"
+        )
+    return psn_forward(
+        x, weight, bias.reshape(T, 1), *C.surrogate_params(surrogate_function)
+    )
+
+
+# --------------------------------------------------------------------- sliding PSN
+@torch.library.custom_op("sj_parallel::sliding_psn_forward", mutates_args=())
+def sliding_psn_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tensor:
+    T, M = x.shape
+    s = torch.empty_like(x)
+    kern = C.get_kernel("sliding", "sjp_sliding_forward", x.dtype)
+    args = [
+        C.ptr(x),
+        C.ptr(_f32(weight)),
+        C.ptr(_f32(bias).reshape(1)),
+        C.ptr(s),
+        np.int64(M),
+        np.int32(T),
+        np.int32(weight.shape[0]),
+    ]
+    C.launch(
+        kern, C.grid_for(M, C.BLOCKS["sliding"]), C.BLOCKS["sliding"], args, x.device
+    )
+    return s
+
+
+@sliding_psn_forward.register_fake
+def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("sj_parallel::sliding_psn_backward", mutates_args=())
+def sliding_psn_backward(
+    x: Tensor,
+    grad_s: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    T, M = x.shape
+    k = weight.shape[0]
+    gx = torch.empty_like(x)
+    gw = torch.zeros(k, dtype=torch.float32, device=x.device)
+    gb = torch.zeros(1, dtype=torch.float32, device=x.device)
+    kern = C.get_kernel("sliding", "sjp_sliding_backward", x.dtype)
+    args = [
+        C.ptr(x),
+        C.ptr(grad_s.to(x.dtype).contiguous()),
+        C.ptr(_f32(weight)),
+        C.ptr(_f32(bias).reshape(1)),
+        C.ptr(gx),
+        C.ptr(gw),
+        C.ptr(gb),
+        np.int64(M),
+        np.int32(T),
+        np.int32(k),
+        np.int32(sg_kind),
+        np.float32(sg_a),
+        np.float32(sg_c),
+        np.float32(sg_d),
+    ]
+    grid = C.grid_for(M, C.BLOCKS["sliding"], cap=1024)
+    C.launch(kern, grid, C.BLOCKS["sliding"], args, x.device)
+    return gx, gw.to(weight.dtype), gb.reshape(bias.shape).to(bias.dtype)
+
+
+@sliding_psn_backward.register_fake
+def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _sliding_bwd(ctx, grad_s):
+    x, weight, bias = ctx.saved_tensors
+    gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    return gx, gw, gb, None, None, None, None
+
+
+sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
+
+
+def sliding_psn(
+    x: Tensor, weight: Tensor, bias: Tensor, surrogate_function: Surrogate
+) -> Tensor:
+    """Banded sliding PSN on CUDA ``x`` ``[T, M]``, any ``T``, ``k <= 64``."""
+    x = _check(x, "SlidingPSN")
+    k = weight.shape[0]
+    if k > C.SLIDING_MAX_K:
+        raise ValueError(
+            f"backend 'cupy' supports SlidingPSN with k <= {C.SLIDING_MAX_K}, got "
+            f"k={k}; use backend='torch'"
+        )
+    return sliding_psn_forward(x, weight, bias, *C.surrogate_params(surrogate_function))
+
+
+# ------------------------------------------------------------------------- MPE-PSN
+@torch.library.custom_op("sj_parallel::mpe_psn_forward", mutates_args=())
+def mpe_psn_forward(
+    x: Tensor,
+    v_threshold: Tensor,
+    u_hat0: Optional[Tensor],
+    u0: Optional[Tensor],
+    tau: float,
+    current_wiring: bool,
+    stochastic: bool,
+    seed_lo: int,
+    seed_hi: int,
+    t0: int,
+    need_mse: bool,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    T, M = x.shape
+    s = torch.empty_like(x)
+    uhl = torch.empty(M, dtype=x.dtype, device=x.device)
+    ul = torch.empty(M, dtype=x.dtype, device=x.device)
+    mse = torch.zeros(T, dtype=torch.float32, device=x.device)
+    kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype)
+    args = [
+        C.ptr(x),
+        C.ptr(None if u_hat0 is None else u_hat0.to(x.dtype).contiguous()),
+        C.ptr(None if u0 is None else u0.to(x.dtype).contiguous()),
+        C.ptr(s),
+        C.ptr(uhl),
+        C.ptr(ul),
+        C.ptr(mse),
+        C.ptr(_f32(v_threshold).reshape(1)),
+        np.int64(M),
+        np.int32(T),
+        np.float32(tau),
+        np.int32(current_wiring),
+        np.int32(stochastic),
+        np.uint32(seed_lo),
+        np.uint32(seed_hi),
+        np.int64(t0),
+        np.int32(need_mse),
+    ]
+    C.launch(kern, C.grid_for(M, C.BLOCKS["mpe"]), C.BLOCKS["mpe"], args, x.device)
+    return s, mse / max(M, 1), uhl, ul
+
+
+@mpe_psn_forward.register_fake
+def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed_hi,
+      t0, need_mse, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
+    T, M = x.shape
+    return (
+        torch.empty_like(x),
+        x.new_empty(T, dtype=torch.float32),
+        x.new_empty(M),
+        x.new_empty(M),
+    )
+
+
+@torch.library.custom_op("sj_parallel::mpe_psn_backward", mutates_args=())
+def mpe_psn_backward(
+    x: Tensor,
+    v_threshold: Tensor,
+    u_hat0: Optional[Tensor],
+    u0: Optional[Tensor],
+    grad_s: Tensor,
+    grad_mse: Optional[Tensor],
+    grad_uhl: Optional[Tensor],
+    grad_ul: Optional[Tensor],
+    tau: float,
+    current_wiring: bool,
+    stochastic: bool,
+    seed_lo: int,
+    seed_hi: int,
+    t0: int,
+    sg_kind: int,
+    sg_a: float,
+    sg_c: float,
+    sg_d: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    T, M = x.shape
+    gx = torch.empty_like(x)
+    guh0 = torch.zeros(M, dtype=torch.float32, device=x.device)
+    gu0 = torch.zeros(M, dtype=torch.float32, device=x.device)
+    gv = torch.zeros(1, dtype=torch.float32, device=x.device)
+
+    def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+        return None if t is None else t.to(dtype).contiguous()
+
+    kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype)
+    args = [
+        C.ptr(x),
+        C.ptr(opt(u_hat0, x.dtype)),
+        C.ptr(opt(u0, x.dtype)),
+        C.ptr(grad_s.to(x.dtype).contiguous()),
+        C.ptr(opt(grad_mse, torch.float32)),
+        C.ptr(opt(grad_uhl, x.dtype)),
+        C.ptr(opt(grad_ul, x.dtype)),
+        C.ptr(gx),
+        C.ptr(guh0),
+        C.ptr(gu0),
+        C.ptr(gv),
+        C.ptr(_f32(v_threshold).reshape(1)),
+        np.int64(M),
+        np.int32(T),
+        np.float32(tau),
+        np.int32(current_wiring),
+        np.int32(stochastic),
+        np.uint32(seed_lo),
+        np.uint32(seed_hi),
+        np.int64(t0),
+        np.int32(sg_kind),
+        np.float32(sg_a),
+        np.float32(sg_c),
+        np.float32(sg_d),
+    ]
+    grid = C.grid_for(M, C.BLOCKS["mpe"], cap=4096)
+    C.launch(kern, grid, C.BLOCKS["mpe"], args, x.device)
+    return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
+
+
+@mpe_psn_backward.register_fake
+def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
+      current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind, sg_a, sg_c,
+      sg_d):  # fmt: skip
+    M = x.shape[1]
+    return (
+        torch.empty_like(x),
+        torch.empty_like(v_threshold),
+        x.new_empty(M, dtype=torch.float32),
+        x.new_empty(M, dtype=torch.float32),
+    )
+
+
+def _mpe_setup(ctx, inputs, output):
+    x, v, u_hat0, u0, *cfg = inputs
+    ctx.save_for_backward(x, v, u_hat0, u0)
+    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
+
+
+def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
+    x, v, u_hat0, u0 = ctx.saved_tensors
+    tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
+    if g_s is None:
+        g_s = torch.zeros_like(x)
+    gx, gv, guh0, gu0 = mpe_psn_backward(
+        x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
+        tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
+    )  # fmt: skip
+    out: List[Optional[Tensor]] = [gx, gv, None, None]
+    if u_hat0 is not None and not current:
+        out[2] = guh0.to(u_hat0.dtype)
+    if u0 is not None and current and need_mse:
+        out[3] = gu0.to(u0.dtype)
+    return tuple(out) + (None,) * 11
+
+
+mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
+
+
+def mpe_psn(
+    x: Tensor,
+    v_threshold: Tensor,
+    tau: float,
+    surrogate_function: Surrogate,
+    *,
+    estimate_from: str,
+    stochastic: bool,
+    seed: Tuple[int, int],
+    t0: int,
+    u_hat0: Optional[Tensor],
+    u0: Optional[Tensor],
+    need_mse: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MPE-PSN on CUDA ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`.
+
+    Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``.
+    """
+    x = _check(x, "MPEPSN")
+    T = x.shape[0]
+    if need_mse and T > C.MPE_MAX_T_MSE:
+        raise ValueError(
+            f"backend 'cupy' computes the MPE-PSN membrane loss for T <= "
+            f"{C.MPE_MAX_T_MSE}, got T={T}; use backend='torch'"
+        )
+    return mpe_psn_forward(
+        x,
+        v_threshold,
+        u_hat0,
+        u0,
+        float(tau),
+        estimate_from == "current",
+        bool(stochastic),
+        int(seed[0]) & 0xFFFFFFFF,
+        int(seed[1]) & 0xFFFFFFFF,
+        int(t0),
+        bool(need_mse),
+        *C.surrogate_params(surrogate_function),
+    )
