@@ -1,0 +1,171 @@
+"""Run the package's CUDA kernels on the CPU (test-only).
+
+How it works: :func:`load` takes a kernel file's source exactly as the launcher builds
+it (``sj_parallel.backends._cuda.kernel_source``, same ``-D`` options), appends one
+``emu_launch_<kernel>(grid, block, <kernel args>)`` wrapper per ``extern "C"
+__global__`` kernel, and compiles it with ``g++ -fopenmp -include shim.h``. A wrapper
+runs the grid block by block, each block as an OpenMP team of ``block`` threads.
+
+Usage::
+
+    lib = load("psn", torch.float32, fixed_t=None)
+    lib.launch("sjp_psn_forward", grid, block, x_buf, W_buf, b_buf, s_buf, M, T)
+
+Tensors are passed as CPU torch tensors (their storage is used in place); Python
+ints and floats are converted to the kernel's parameter types. Keep grids small:
+barriers with more threads than cores are slow.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import torch  # noqa: E402
+
+from sj_parallel.backends import _cuda as C  # noqa: E402
+
+SHIM = Path(__file__).resolve().parent / "shim.h"
+BUILD_DIR = Path(tempfile.gettempdir()) / "sjp_emulation_build"
+_SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+
+
+def _params(sig: str) -> List[Tuple[str, str]]:
+    out = []
+    for p in sig.split(","):
+        p = " ".join(p.split())
+        name = re.findall(r"\w+", p)[-1]
+        ctype = p[: p.rfind(name)].strip()
+        out.append((ctype, name))
+    return out
+
+
+def _ctypes_type(ctype: str):
+    if "*" in ctype:
+        return ctypes.c_void_p
+    base = ctype.replace("const", "").strip()
+    return {
+        "sjp_index": ctypes.c_longlong,
+        "long long": ctypes.c_longlong,
+        "int": ctypes.c_int,
+        "float": ctypes.c_float,
+        "unsigned int": ctypes.c_uint,
+    }[base]
+
+
+class EmulatedModule:
+    def __init__(self, path: Path, kernels: Dict[str, List[Tuple[str, str]]]):
+        self._lib = ctypes.CDLL(str(path))
+        self.kernels = kernels
+        for name, params in kernels.items():
+            fn = getattr(self._lib, f"emu_launch_{name}")
+            fn.argtypes = [ctypes.c_int, ctypes.c_int] + [
+                _ctypes_type(t) for t, _ in params
+            ]
+            fn.restype = ctypes.c_int
+
+    def launch(self, kernel: str, grid: int, block: int, *args) -> None:
+        params = self.kernels[kernel]
+        if len(args) != len(params):
+            raise TypeError(f"{kernel} takes {len(params)} arguments, got {len(args)}")
+        conv = []
+        for (ctype, name), a in zip(params, args):
+            if "*" in ctype:
+                if a is None:
+                    conv.append(None)
+                else:
+                    assert isinstance(a, torch.Tensor) and a.is_contiguous(), name
+                    assert a.device.type == "cpu", name
+                    conv.append(a.data_ptr())
+            else:
+                conv.append(a)
+        rc = getattr(self._lib, f"emu_launch_{kernel}")(grid, block, *conv)
+        if rc != 0:
+            raise RuntimeError(f"OpenMP gave fewer than {block} threads for {kernel}")
+
+
+def _wrappers(source: str) -> Tuple[str, Dict[str, List[Tuple[str, str]]]]:
+    kernels = {}
+    code = []
+    for name, sig in _SIG.findall(source):
+        params = _params(sig)
+        kernels[name] = params
+        decl = ", ".join(f"{t} {n}" for t, n in params)
+        call = ", ".join(n for _, n in params)
+        code.append(
+            f"""
+extern "C" int emu_launch_{name}(int grid, int block, {decl}) {{
+  gridDim = {{(unsigned)grid, 1, 1}};
+  blockDim = {{(unsigned)block, 1, 1}};
+  omp_set_dynamic(0);
+  int bad = 0;
+  for (int emu_block = 0; emu_block < grid && !bad; ++emu_block) {{
+    blockIdx = {{(unsigned)emu_block, 0, 0}};
+#pragma omp parallel num_threads(block)
+    {{
+      if (omp_get_num_threads() != block) {{
+#pragma omp atomic write
+        bad = 1;
+      }} else {{
+        threadIdx = {{(unsigned)omp_get_thread_num(), 0, 0}};
+        {name}({call});
+      }}
+    }}
+  }}
+  return bad;
+}}
+"""
+        )
+    return "\n".join(code), kernels
+
+
+_CACHE: Dict[tuple, EmulatedModule] = {}
+
+
+def load(
+    name: str, dtype: torch.dtype, fixed_t: Optional[int] = None
+) -> EmulatedModule:
+    """Compile (cached) kernel file ``name`` for ``dtype`` as the launcher would."""
+    key = (name, dtype, fixed_t)
+    if key in _CACHE:
+        return _CACHE[key]
+    source = C.kernel_source(name)
+    wrappers, kernels = _wrappers(source)
+    opts = [o for o in C.compile_options(dtype, fixed_t) if o.startswith("-D")]
+    text = source + "\n" + wrappers
+    digest = hashlib.sha256(
+        (text + " ".join(opts) + SHIM.read_text()).encode()
+    ).hexdigest()[:16]
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    so = BUILD_DIR / f"{name}_{digest}.so"
+    if not so.exists():
+        src = BUILD_DIR / f"{name}_{digest}.cpp"
+        src.write_text(text)
+        tmp = so.with_suffix(f".{os.getpid()}.tmp")
+        cmd = ["g++", "-O1", "-std=c++14", "-fopenmp", "-shared", "-fPIC"]
+        cmd += ["-include", str(SHIM), *opts, str(src), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"g++ failed for {name}:\n{proc.stderr[-6000:]}")
+        os.replace(tmp, so)
+    mod = EmulatedModule(so, kernels)
+    _CACHE[key] = mod
+    return mod
+
+
+def to_kernel(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor in the kernel's storage type (bfloat16 is kept as raw bits)."""
+    return t.detach().to(dtype).contiguous()
+
+
+def poisoned(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An output buffer full of NaN, so an element the kernel never writes fails."""
+    return torch.full(shape, float("nan"), dtype=dtype)
