@@ -149,3 +149,20 @@ def test_lambda_schedule():
         sjp.masked_psn_lambda(0, 0)
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         sjp.masked_psn_lambda(-1, 10)
+
+
+def test_cupy_surrogate_and_dtype_errors_without_gpu():
+    from spikingjelly.activation_based import surrogate
+
+    from sj_parallel.backends import _cuda as C
+
+    with pytest.raises(ValueError, match=r"supports the SpikingJelly surrogates.*ATan"):
+        C.surrogate_params(surrogate.QPseudoSpike())
+    with pytest.raises(ValueError, match="spiking=True"):
+        C.surrogate_params(surrogate.ATan(spiking=False))
+    assert C.surrogate_params(surrogate.ATan(alpha=3.0)) == (0, 3.0, 0.0, 0.0)
+    kind, w, c, slope = C.surrogate_params(surrogate.PiecewiseLeakyReLU(w=2.0, c=0.1))
+    assert (kind, w, c) == (5, 2.0, 0.1)
+    assert slope in (0.5, 0.25)  # 1/w on SpikingJelly 0.0.0.0.14, 1/(2w) on 2.0
+    with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
+        C.compile_options(torch.float64)
