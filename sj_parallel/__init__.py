@@ -6,6 +6,7 @@ and fused CuPy kernels.
 """
 
 from .backends import BACKENDS
+from .convert import from_spikingjelly, replace_neurons, to_spikingjelly, zoo_neuron
 from .neuron import MPEPSN, PSN, MaskedPSN, ParallelNeuron, SlidingPSN
 from .utils import masked_psn_lambda, membrane_loss, set_backend
 
@@ -21,4 +22,8 @@ __all__ = [
     "set_backend",
     "membrane_loss",
     "masked_psn_lambda",
+    "replace_neurons",
+    "from_spikingjelly",
+    "to_spikingjelly",
+    "zoo_neuron",
 ]
