@@ -1,0 +1,487 @@
+"""Speed and memory of sj_parallel's neurons against SpikingJelly, in one run.
+
+For each neuron, backend, dtype, T and neuron count it measures the median time of
+forward (training mode), forward+backward and inference (no grad) after warm-up
+(CUDA events on a GPU), the bytes saved for backward (``saved_tensors_hooks``) and, on
+a GPU, the allocator's peak memory and the achieved bandwidth as a fraction of a
+measured device-to-device copy. Baselines in the same run: SpikingJelly 2.0's PSN,
+MaskedPSN and SlidingPSN (torch), SpikingJelly's LIFNode (torch; its CuPy backend on
+0.0.0.0.14), and the paper code's MPE-PSN (``mpe_baseline.py``).
+
+    python benchmarks/bench.py --quick            # < 2 minutes on a 2-core CPU
+    python benchmarks/bench.py --device cuda      # the full grid on a GPU
+
+Writes ``results.json``, ``results.csv`` and PNG plots to ``--out`` and prints ratio
+tables and the target checks (PASS/MISS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from spikingjelly.activation_based import base, functional, neuron
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpe_baseline import PaperMPEPSN  # noqa: E402
+
+import sj_parallel as sjp  # noqa: E402
+from sj_parallel import _compat  # noqa: E402
+from sj_parallel.backends import cupy_available  # noqa: E402
+
+K = 2  # order of masked/sliding PSN in the benchmark (the PSN paper's CIFAR10-DVS k)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small grid, < 2 min on CPU")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--T", type=int, nargs="*", help="time steps (default 4..64)")
+    p.add_argument("--log2n", type=int, nargs="*", help="log2 neuron counts")
+    p.add_argument("--dtypes", nargs="*", help="float32 float16 (GPU)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument(
+        "--neurons",
+        nargs="*",
+        default=["psn", "masked-psn", "sliding-psn", "mpe-psn", "lif"],
+    )
+    p.add_argument("--out", default="benchmarks/results/latest")
+    p.add_argument("--no-plots", action="store_true")
+    a = p.parse_args(argv)
+    dev = torch.device(a.device)
+    if a.T is None:
+        a.T = [4, 16, 64] if a.quick else [4, 8, 16, 32, 64]
+    if a.log2n is None:
+        if a.quick:
+            a.log2n = [12, 16]
+        elif dev.type == "cuda":
+            a.log2n = list(range(10, 25, 2))
+        else:
+            a.log2n = list(range(10, 21, 2))
+    if a.dtypes is None:
+        a.dtypes = ["float32", "float16"] if dev.type == "cuda" else ["float32"]
+    if a.repeats is None:
+        a.repeats = 5 if a.quick else 20
+    if a.warmup is None:
+        a.warmup = 1 if a.quick else 3
+    return a
+
+
+# --------------------------------------------------------------------- cases
+def cases(T: int, device: torch.device, names: List[str]) -> Dict[str, Callable]:
+    """name -> module factory; ``None`` entries are skipped with a printed reason."""
+    on_gpu = device.type == "cuda"
+    out: Dict[str, Optional[Callable]] = {}
+    ours = {
+        "psn": lambda: sjp.PSN(T),
+        "masked-psn": lambda: sjp.MaskedPSN(K, T, lambda_init=1.0, step_mode="m"),
+        "sliding-psn": lambda: sjp.SlidingPSN(K, step_mode="m"),
+        "mpe-psn": lambda: sjp.MPEPSN(T, step_mode="m"),
+    }
+    sj = {
+        "psn": (lambda: _compat.SJ_PSN(T)) if _compat.SJ_HAS_PSN else None,
+        "masked-psn": (lambda: _compat.SJ_MASKED_PSN(K, T, 1.0, step_mode="m"))
+        if _compat.SJ_HAS_PSN
+        else None,
+        "sliding-psn": (lambda: _compat.SJ_SLIDING_PSN(K, step_mode="m"))
+        if _compat.SJ_HAS_PSN
+        else None,
+        "mpe-psn": lambda: PaperMPEPSN(T),
+    }
+    for n in names:
+        if n == "lif":
+            out["lif/sj-torch"] = lambda: neuron.LIFNode(step_mode="m")
+            if on_gpu and hasattr(neuron.LIFNode(), "supported_backends"):
+                if "cupy" in neuron.LIFNode().supported_backends and cupy_available():
+                    out["lif/sj-cupy"] = lambda: neuron.LIFNode(
+                        step_mode="m", backend="cupy"
+                    )
+            continue
+        out[f"{n}/ours-torch"] = ours[n]
+        if on_gpu and cupy_available():
+            out[f"{n}/ours-cupy"] = _ours_cupy(ours[n])
+        base = "paper" if n == "mpe-psn" else "sj"
+        out[f"{n}/{base}-torch"] = sj[n]
+    return out
+
+
+def _ours_cupy(factory):
+    def make():
+        m = factory()
+        sjp.set_backend(m, "cupy")
+        return m
+
+    return make
+
+
+# ------------------------------------------------------------------- timing
+def _timer(device: torch.device):
+    if device.type == "cuda":
+
+        def run(fn, repeats):
+            times = []
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            return statistics.median(times)
+
+    else:
+
+        def run(fn, repeats):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+    return run
+
+
+def saved_bytes(fn) -> int:
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def copy_bandwidth(device: torch.device) -> Optional[float]:
+    """Bytes/s of a large device-to-device copy (read + write): the memory roofline."""
+    if device.type != "cuda":
+        return None
+    n = 1 << 28
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    t = _timer(device)(lambda: b.copy_(a), 20)
+    return 2 * n / t
+
+
+def measure(factory, T, n, dtype, device, a, timer) -> dict:
+    m = factory().to(device)
+    if isinstance(m, base.MemoryModule):
+        functional.set_step_mode(m, "m")
+    x = torch.randn(T, n, device=device, dtype=dtype)
+    g = torch.randn_like(x)
+    xg = x.clone().requires_grad_(True)
+
+    def fwd():
+        m.train()
+        m(xg)
+        functional.reset_net(m)
+
+    def fwd_bwd():
+        m.train()
+        out = m(xg)
+        out.backward(g)
+        functional.reset_net(m)
+        xg.grad = None
+        for p in m.parameters():
+            p.grad = None
+
+    def infer():
+        m.eval()
+        with torch.no_grad():
+            m(x)
+        functional.reset_net(m)
+
+    row = {}
+    for name, fn in (
+        ("forward", fwd),
+        ("forward_backward", fwd_bwd),
+        ("inference", infer),
+    ):
+        for _ in range(a.warmup):
+            fn()
+        row[f"{name}_s"] = timer(fn, a.repeats)
+    m.train()
+    row["saved_bytes"] = saved_bytes(lambda: m(xg))
+    functional.reset_net(m)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        mem0 = torch.cuda.memory_allocated(device)
+        fwd_bwd()
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(device) - mem0
+    return row
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    device = torch.device(a.device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = _timer(device)
+    bw = copy_bandwidth(device)
+    info = {
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu",
+        "torch": torch.__version__,
+        "spikingjelly": _compat.SJ_VERSION,
+        "sj_parallel": sjp.__version__,
+        "copy_bandwidth_Bps": bw,
+        "args": {k: v for k, v in vars(a).items()},
+    }
+    print(
+        f"# {info['device']} | torch {info['torch']} | "
+        f"SpikingJelly {info['spikingjelly']}"
+    )
+    if not _compat.SJ_HAS_PSN:
+        print(
+            f"# SpikingJelly {_compat.SJ_VERSION} has no PSN family: "
+            "those baselines are skipped"
+        )
+    rows = []
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    for dtype_name in a.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for T in a.T:
+            for log2n in a.log2n:
+                n = 1 << log2n
+                if device.type == "cpu" and T * n > (1 << 26):
+                    continue  # over ~256 MB per tensor: too slow for a CPU run
+                if free is not None and T * n * 4 * 12 > free:
+                    continue
+                for key, factory in cases(T, device, a.neurons).items():
+                    if factory is None:
+                        continue
+                    if dtype != torch.float32 and key.startswith("lif/sj-cupy"):
+                        continue
+                    neuron_name, impl = key.split("/")
+                    try:
+                        r = measure(factory, T, n, dtype, device, a, timer)
+                    except Exception as e:  # report and keep going
+                        print(f"# {key} T={T} n=2^{log2n} {dtype_name}: failed: {e}")
+                        continue
+                    elem = torch.empty((), dtype=dtype).element_size()
+                    r.update(
+                        neuron=neuron_name,
+                        impl=impl,
+                        T=T,
+                        log2n=log2n,
+                        dtype=dtype_name,
+                    )
+                    if bw:
+                        fwd_bytes = 2 * T * n * elem  # read X once, write S once
+                        r["forward_roofline"] = fwd_bytes / r["forward_s"] / bw
+                    rows.append(r)
+                    print(
+                        f"{neuron_name:12s} {impl:11s} T={T:<3d} n=2^{log2n:<3d} "
+                        f"{dtype_name:8s} fwd {r['forward_s'] * 1e3:9.3f} ms  "
+                        f"fwd+bwd {r['forward_backward_s'] * 1e3:9.3f} ms  "
+                        f"inf {r['inference_s'] * 1e3:9.3f} ms  "
+                        f"saved {r['saved_bytes'] / 2**20:8.2f} MiB",
+                        flush=True,
+                    )
+    (out / "results.json").write_text(
+        json.dumps({"info": info, "rows": rows}, indent=1)
+    )
+    with open(out / "results.csv", "w", newline="") as f:
+        keys = sorted({k for r in rows for k in r})
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    report = ratio_report(rows, device)
+    (out / "report.txt").write_text(report)
+    print(report)
+    if not a.no_plots:
+        plot(rows, out)
+    return 0
+
+
+# ------------------------------------------------------------------ reports
+def _index(rows):
+    return {(r["neuron"], r["impl"], r["T"], r["log2n"], r["dtype"]): r for r in rows}
+
+
+def ratio_report(rows, device) -> str:
+    idx = _index(rows)
+    lines = [
+        "",
+        "## Ratios (baseline time / ours: > 1 means ours is faster; "
+        "bytes: ours / baseline)",
+    ]
+    lines.append(
+        "| neuron | ours | baseline | dtype | T | n | fwd speed-up | "
+        "fwd+bwd speed-up | inference speed-up | saved-bytes ratio |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    checks = []
+    for (nrn, impl, T, l2, dt), r in sorted(idx.items()):
+        if not impl.startswith("ours"):
+            continue
+        base_impl = "paper-torch" if nrn == "mpe-psn" else "sj-torch"
+        b = idx.get((nrn, base_impl, T, l2, dt))
+        if b is None:
+            continue
+        sp = {
+            k: b[f"{k}_s"] / r[f"{k}_s"]
+            for k in ("forward", "forward_backward", "inference")
+        }
+        mem = r["saved_bytes"] / max(b["saved_bytes"], 1)
+        lines.append(
+            f"| {nrn} | {impl} | {base_impl} | {dt} | {T} | 2^{l2} | "
+            f"{sp['forward']:.2f} | "
+            f"{sp['forward_backward']:.2f} | {sp['inference']:.2f} | {mem:.2f} |"
+        )
+        if impl == "ours-torch" and device.type == "cpu":
+            checks.append(
+                (
+                    f"CPU {nrn} T={T} n=2^{l2}: fwd+bwd speed >= 0.85x baseline",
+                    sp["forward_backward"] >= 0.85,
+                    sp["forward_backward"],
+                )
+            )
+            checks.append(
+                (
+                    f"CPU {nrn} T={T} n=2^{l2}: saved bytes <= 0.6x baseline",
+                    mem <= 0.6,
+                    mem,
+                )
+            )
+        if impl == "ours-cupy":
+            if nrn == "mpe-psn":
+                checks.append(
+                    (
+                        f"GPU mpe-psn {dt} T={T} n=2^{l2}: >= 3x paper code",
+                        sp["forward_backward"] >= 3,
+                        sp["forward_backward"],
+                    )
+                )
+            elif l2 == 22 and T <= 32:
+                checks.append(
+                    (
+                        f"GPU {nrn} {dt} T={T} n=2^22: fwd+bwd >= 2x SpikingJelly",
+                        sp["forward_backward"] >= 2,
+                        sp["forward_backward"],
+                    )
+                )
+            if "forward_roofline" in r:
+                checks.append(
+                    (
+                        f"GPU {nrn} {dt} T={T} n=2^{l2}: "
+                        "forward >= 70% of copy bandwidth",
+                        r["forward_roofline"] >= 0.7,
+                        r["forward_roofline"],
+                    )
+                )
+    # PSN vs LIF, for information; on a GPU: ours-cupy faster than SJ's fastest LIF
+    lines += ["", "## PSN family vs SpikingJelly's LIF (LIF time / ours, fwd+bwd)"]
+    for (nrn, impl, T, l2, dt), r in sorted(idx.items()):
+        if nrn == "lif" or not impl.startswith("ours"):
+            continue
+        lifs = [idx[k] for k in idx if k[0] == "lif" and k[2:] == (T, l2, dt)]
+        if not lifs:
+            continue
+        fastest = min(x["forward_backward_s"] for x in lifs)
+        ratio = fastest / r["forward_backward_s"]
+        lines.append(f"- {nrn} {impl} {dt} T={T} n=2^{l2}: {ratio:.2f}")
+        if impl == "ours-cupy" and T >= 8:
+            checks.append(
+                (
+                    f"GPU {nrn} {dt} T={T} n=2^{l2}: faster than SJ's fastest LIF",
+                    ratio > 1,
+                    ratio,
+                )
+            )
+    lines += ["", "## Targets"]
+    for text, ok, val in checks:
+        lines.append(f"{'PASS' if ok else 'MISS'} {text} (measured {val:.2f})")
+    n_pass = sum(ok for _, ok, _ in checks)
+    lines.append(f"{n_pass} of {len(checks)} target checks pass")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(rows)
+    dts = sorted({r["dtype"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for nrn in ("psn", "masked-psn", "sliding-psn", "mpe-psn"):
+        base_impl = "paper-torch" if nrn == "mpe-psn" else "sj-torch"
+        for impl in ("ours-torch", "ours-cupy"):
+            for dt in dts:
+                pts = [
+                    (
+                        k[2],
+                        k[3],
+                        idx[(nrn, base_impl) + k[2:]]["forward_backward_s"]
+                        / r["forward_backward_s"],
+                        r["saved_bytes"]
+                        / max(idx[(nrn, base_impl) + k[2:]]["saved_bytes"], 1),
+                    )
+                    for k, r in idx.items()
+                    if k[0] == nrn
+                    and k[1] == impl
+                    and k[4] == dt
+                    and (nrn, base_impl) + k[2:] in idx
+                ]
+                if not pts:
+                    continue
+                big = max(p[1] for p in pts)
+                vs_t = sorted((p[0], p[2]) for p in pts if p[1] == big)
+                ts = sorted({p[0] for p in pts})
+                t_mid = ts[len(ts) // 2]
+                vs_n = sorted((p[1], p[2]) for p in pts if p[0] == t_mid)
+                mem = sorted((p[0], p[3]) for p in pts if p[1] == big)
+                label = f"{nrn} {impl} {dt}"
+                axes[0].plot(*zip(*vs_t), marker="o", label=label)
+                axes[1].plot(*zip(*vs_n), marker="o", label=f"{label} (T={t_mid})")
+                axes[2].plot(*zip(*mem), marker="o", label=label)
+    axes[0].set(
+        xlabel="T (largest n)",
+        ylabel="fwd+bwd speed-up over baseline",
+        xscale="log",
+        xticks=[4, 8, 16, 32, 64],
+    )
+    axes[1].set(xlabel="log2 neurons", ylabel="fwd+bwd speed-up over baseline")
+    axes[2].set(
+        xlabel="T (largest n)",
+        ylabel="saved-for-backward bytes / baseline",
+        xscale="log",
+        xticks=[4, 8, 16, 32, 64],
+    )
+    for ax in axes:
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "sj_parallel vs SpikingJelly (baseline: SJ PSN family; paper code for MPE-PSN)"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "speedup_memory.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
