@@ -161,6 +161,7 @@ def get_kernel(
 
 
 def ptr(t: Optional[torch.Tensor]) -> np.uint64:
+    """A tensor's device address as a kernel argument (0 for ``None``)."""
     return np.uint64(0 if t is None else t.data_ptr())
 
 
@@ -172,11 +173,18 @@ def grid_for(M: int, block: int, cap: int = 65535) -> int:
 
 
 def launch(kernel, grid: int, block: int, args: Sequence, device: torch.device) -> None:
-    """Launch on torch's current stream of ``device`` and check for launch errors."""
+    """Launch on torch's current stream of ``device`` and check for launch errors.
+
+    Tensor arguments (and ``None`` for a null pointer) are passed as addresses. The
+    caller's ``args`` keeps every tensor alive until the kernel is queued, so a
+    temporary (a dtype conversion, a contiguous copy) cannot be freed and its memory
+    handed to the next temporary before the kernel reads it.
+    """
     cupy = _cupy()
+    raw = tuple(ptr(a) if a is None or isinstance(a, torch.Tensor) else a for a in args)
     with cupy.cuda.Device(device.index):
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
         with stream:
-            kernel((grid,), (block,), tuple(args))
+            kernel((grid,), (block,), raw)
         # launch-configuration errors surface here, not asynchronously later
         cupy.cuda.runtime.getLastError()

@@ -56,10 +56,10 @@ def psn_forward(
     s = torch.empty_like(x)
     k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, fixed_t=T)
     args = [
-        C.ptr(x),
-        C.ptr(_f32(weight)),
-        C.ptr(_f32(bias)),
-        C.ptr(s),
+        x,
+        _f32(weight),
+        _f32(bias),
+        s,
         np.int64(M),
         np.int32(T),
     ]
@@ -89,13 +89,13 @@ def psn_backward(
     gb = torch.zeros(T, dtype=torch.float32, device=x.device)
     k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, fixed_t=T)
     args = [
-        C.ptr(x),
-        C.ptr(grad_s.to(x.dtype).contiguous()),
-        C.ptr(_f32(weight)),
-        C.ptr(_f32(bias)),
-        C.ptr(gx),
-        C.ptr(gW),
-        C.ptr(gb),
+        x,
+        grad_s.to(x.dtype).contiguous(),
+        _f32(weight),
+        _f32(bias),
+        gx,
+        gW,
+        gb,
         np.int64(M),
         np.int32(T),
         np.int32(sg_kind),
@@ -159,10 +159,10 @@ def sliding_psn_forward(
     s = torch.empty_like(x)
     kern = C.get_kernel("sliding", "sjp_sliding_forward", x.dtype)
     args = [
-        C.ptr(x),
-        C.ptr(_f32(weight)),
-        C.ptr(_f32(bias).reshape(1)),
-        C.ptr(s),
+        x,
+        _f32(weight),
+        _f32(bias).reshape(1),
+        s,
         np.int64(M),
         np.int32(T),
         np.int32(weight.shape[0]),
@@ -196,13 +196,13 @@ def sliding_psn_backward(
     gb = torch.zeros(1, dtype=torch.float32, device=x.device)
     kern = C.get_kernel("sliding", "sjp_sliding_backward", x.dtype)
     args = [
-        C.ptr(x),
-        C.ptr(grad_s.to(x.dtype).contiguous()),
-        C.ptr(_f32(weight)),
-        C.ptr(_f32(bias).reshape(1)),
-        C.ptr(gx),
-        C.ptr(gw),
-        C.ptr(gb),
+        x,
+        grad_s.to(x.dtype).contiguous(),
+        _f32(weight),
+        _f32(bias).reshape(1),
+        gx,
+        gw,
+        gb,
         np.int64(M),
         np.int32(T),
         np.int32(k),
@@ -270,14 +270,14 @@ def mpe_psn_forward(
     mse = torch.zeros(T, dtype=torch.float32, device=x.device)
     kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype)
     args = [
-        C.ptr(x),
-        C.ptr(None if u_hat0 is None else u_hat0.to(x.dtype).contiguous()),
-        C.ptr(None if u0 is None else u0.to(x.dtype).contiguous()),
-        C.ptr(s),
-        C.ptr(uhl),
-        C.ptr(ul),
-        C.ptr(mse),
-        C.ptr(_f32(v_threshold).reshape(1)),
+        x,
+        None if u_hat0 is None else u_hat0.to(x.dtype).contiguous(),
+        None if u0 is None else u0.to(x.dtype).contiguous(),
+        s,
+        uhl,
+        ul,
+        mse,
+        _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
         np.float32(tau),
@@ -336,18 +336,18 @@ def mpe_psn_backward(
 
     kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype)
     args = [
-        C.ptr(x),
-        C.ptr(opt(u_hat0, x.dtype)),
-        C.ptr(opt(u0, x.dtype)),
-        C.ptr(grad_s.to(x.dtype).contiguous()),
-        C.ptr(opt(grad_mse, torch.float32)),
-        C.ptr(opt(grad_uhl, x.dtype)),
-        C.ptr(opt(grad_ul, x.dtype)),
-        C.ptr(gx),
-        C.ptr(guh0),
-        C.ptr(gu0),
-        C.ptr(gv),
-        C.ptr(_f32(v_threshold).reshape(1)),
+        x,
+        opt(u_hat0, x.dtype),
+        opt(u0, x.dtype),
+        grad_s.to(x.dtype).contiguous(),
+        opt(grad_mse, torch.float32),
+        opt(grad_uhl, x.dtype),
+        opt(grad_ul, x.dtype),
+        gx,
+        guh0,
+        gu0,
+        gv,
+        _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
         np.float32(tau),
