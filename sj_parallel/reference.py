@@ -193,33 +193,41 @@ def sliding_psn_step(
 
 
 # ------------------------------------------------------------------------- MPE-PSN
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    # (x * c) mod 2**32 for 0 <= x < 2**32 without leaving int64's range.
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _MASK32
+def _i32(v: int) -> int:
+    """A uint32 constant as the int32 with the same bits."""
+    v &= _MASK32
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """The ``lowbias32`` integer mixer on int64 tensors holding values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    x = x ^ (x >> 16)
+    """The ``lowbias32`` mixer on int32 tensors (bit patterns of uint32 values).
+
+    int32 multiplication wraps modulo 2**32, which is uint32 multiplication on the
+    same bits; right shifts are made logical by masking the sign extension.
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _i32(0x7FEB352D)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _i32(0x846CA68B)
+    x = x ^ ((x >> 16) & 0xFFFF)
     return x
+
+
+def _uniform_from_words(
+    seed: Tuple[int, int], lo: torch.Tensor, hi, dtype: torch.dtype
+) -> torch.Tensor:
+    a = mix32(lo + _i32(seed[0]))
+    r = mix32(a ^ (hi + _i32(seed[1])))
+    return ((r >> 8) & 0xFFFFFF).to(dtype) * (1.0 / 16777216.0)
 
 
 def hash_uniform(
     seed: Tuple[int, int], index: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Uniform [0, 1) numbers from ``(seed, index)``, ``index`` an int64 tensor."""
-    seed_lo, seed_hi = int(seed[0]) & _MASK32, int(seed[1]) & _MASK32
-    lo = index & _MASK32
-    hi = (index >> 32) & _MASK32
-    a = mix32((lo + seed_lo) & _MASK32)
-    r = mix32(a ^ ((hi + seed_hi) & _MASK32))
-    return (r >> 8).to(dtype) * (1.0 / 16777216.0)
+    lo = (index & _MASK32).to(torch.int32)
+    hi = (index >> 32).to(torch.int32)
+    return _uniform_from_words(seed, lo, hi, dtype)
 
 
 def mpe_bernoulli(
@@ -233,12 +241,16 @@ def mpe_bernoulli(
     if M is None:
         M = x.shape[-1]
     steps = x.shape[0] if x.dim() == 2 else 1
-    t = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int64)
-    m = torch.arange(M, device=x.device, dtype=torch.int64)
-    index = (t.unsqueeze(1) * M + m.unsqueeze(0)).reshape(x.shape)
-    u = hash_uniform(seed, index, torch.float32)
+    if (t0 + steps) * M < 2**31:  # all indices fit in 31 bits: hi word is 0
+        rows = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int32) * M
+        lo = rows.unsqueeze(1) + torch.arange(M, device=x.device, dtype=torch.int32)
+        u = _uniform_from_words(seed, lo, 0, torch.float32)
+    else:
+        t = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int64)
+        m = torch.arange(M, device=x.device, dtype=torch.int64)
+        u = hash_uniform(seed, t.unsqueeze(1) * M + m.unsqueeze(0), torch.float32)
     p = torch.sigmoid(x.detach().float())
-    return (u < p).to(x.dtype)
+    return (u.reshape(x.shape) < p).to(x.dtype)
 
 
 def mpe_estimate(
@@ -311,7 +323,12 @@ def mpe_psn(
 
 def check_tau(tau: float) -> float:
     """Validate MPE-PSN's decay multiplier (a finite float)."""
-    tau = float(tau)
+    try:
+        tau = float(tau)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"tau must be a real number, got {type(tau).__name__} {tau!r}"
+        ) from None
     if not math.isfinite(tau):
         raise ValueError(f"tau must be a finite number, got {tau}")
     return tau

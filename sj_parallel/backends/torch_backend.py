@@ -18,9 +18,11 @@ All functions take flattened ``[T, M]`` inputs; validation happens in
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import reference as ref
 
@@ -32,10 +34,72 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _atan(a, z, g):
+    # SpikingJelly: alpha / 2 / (1 + (pi / 2 * alpha * z)^2)
+    return z.mul_(math.pi / 2 * a).square_().add_(1.0).reciprocal_().mul_(g).mul_(a / 2)
+
+
+def _sigmoid(a, z, g):
+    sg = z.mul_(a).sigmoid_()
+    return (1.0 - sg).mul_(sg).mul_(g).mul_(a)
+
+
+def _piecewise_quadratic(a, z, g):
+    # alpha - alpha^2 |z| inside |z| <= 1 / alpha, else 0
+    z = z.abs_()
+    keep = z <= 1.0 / a
+    return z.mul_(-(a * a)).add_(a).mul_(keep).mul_(g)
+
+
+def _soft_sign(a, z, g):
+    return z.abs_().add_(1.0 / a).square_().mul_(2.0 * a).reciprocal_().mul_(g)
+
+
+def _erf(a, z, g):
+    return z.mul_(a).square_().neg_().exp_().mul_(a / math.sqrt(math.pi)).mul_(g)
+
+
+# Closed forms of SpikingJelly's surrogate derivatives (identical in 0.0.0.0.14 and
+# 2.0.0); anything else goes through the object's own autograd.
+_CLOSED_FORMS = {
+    "ATan": _atan,
+    "Sigmoid": _sigmoid,
+    "PiecewiseQuadratic": _piecewise_quadratic,
+    "SoftSign": _soft_sign,
+    "Erf": _erf,
+}
+
+
+def _closed_form(surrogate_function: Surrogate):
+    cls = type(surrogate_function)
+    if not getattr(surrogate_function, "spiking", False):
+        return None
+    if (
+        cls.__module__.split(".")[-1] != "surrogate"
+        or cls.__name__ not in _CLOSED_FORMS
+    ):
+        return None  # subclasses and other surrogates may behave differently
+    return _CLOSED_FORMS[cls.__name__]
+
+
 def surrogate_grad(
-    surrogate_function: Surrogate, z: torch.Tensor, grad_out: torch.Tensor
+    surrogate_function: Surrogate,
+    z: torch.Tensor,
+    grad_out: torch.Tensor,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """``grad_out * dS/dz`` through the SpikingJelly surrogate object's own backward."""
+    """``grad_out * dS/dz`` of a SpikingJelly surrogate object.
+
+    SpikingJelly's ATan, Sigmoid, PiecewiseQuadratic, SoftSign and Erf use their closed
+    forms (``inplace=True`` lets them overwrite ``z``); any other surrogate goes
+    through the object's own autograd.
+    """
+    fn = _closed_form(surrogate_function)
+    if fn is not None:
+        with torch.no_grad():
+            return fn(
+                float(surrogate_function.alpha), z if inplace else z.clone(), grad_out
+            )
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         s = surrogate_function(z)
@@ -62,6 +126,7 @@ class PSNFunction(torch.autograd.Function):
         return s
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_s):
         x, weight, bias = ctx.saved_tensors
         cd = compute_dtype(x.dtype)
@@ -69,7 +134,7 @@ class PSNFunction(torch.autograd.Function):
             xc = x.to(cd)
             w = weight.to(cd)
             h = torch.addmm(bias.to(cd), w, xc)
-            grad_h = surrogate_grad(ctx.surrogate_function, h, grad_s.to(cd))
+            grad_h = surrogate_grad(ctx.surrogate_function, h, grad_s.to(cd), True)
             del h
             grad_x = grad_w = grad_b = None
             if ctx.needs_input_grad[0]:
@@ -181,6 +246,7 @@ class MPEPSNFunction(torch.autograd.Function):
         return s.to(x.dtype), mse, u_hat_last, u_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_s, g_mse, g_uhl, g_ul):
         x, v_th, u_hat0, u0 = ctx.saved_tensors
         tau, sg, estimate_from, stochastic, seed, t0 = ctx.cfg
