@@ -154,6 +154,10 @@ def mpe_psn_multi_step(
     is float32 for half inputs, else in the input's dtype.
     """
     check_input(x_seq, "MPEPSN", min_dim=2, param=v_threshold)
+    if x_seq.shape[0] == 0:
+        raise ValueError(
+            f"MPEPSN expects at least one time step, got shape {tuple(x_seq.shape)}"
+        )
     if estimate_from not in ref.MPE_WIRINGS:
         raise ValueError(
             f"estimate_from must be one of {ref.MPE_WIRINGS}, got {estimate_from!r}"

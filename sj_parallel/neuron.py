@@ -26,6 +26,7 @@ from . import functional as F
 from . import reference as ref
 from ._compat import MemoryModule, default_surrogate, mpe_default_surrogate
 from .backends import BACKENDS, check_backend_available, check_backend_name
+from .backends.torch_backend import compute_dtype
 
 __all__ = ["ParallelNeuron", "PSN", "MaskedPSN", "SlidingPSN", "MPEPSN"]
 
@@ -290,11 +291,13 @@ class MaskedPSN(ParallelNeuron):
         F.check_input(x, "MaskedPSN", param=self.weight, what="[N, *]")
         queue = (list(queue) + [x])[-self.k :]
         n = len(queue)
+        # half inputs are computed in float32, as in multi-step mode
+        cd = compute_dtype(x.dtype)
         w = self.masked_weight()[time_step, time_step + 1 - n : time_step + 1]
-        h = self.bias[time_step].to(x.dtype)
+        h = self.bias[time_step].to(cd)
         for i, xi in enumerate(queue):
-            h = h + w[i].to(x.dtype) * xi
-        spike = self.surrogate_function(h)
+            h = h + w[i].to(cd) * xi.to(cd)
+        spike = self.surrogate_function(h).to(x.dtype)
         return (spike,), (time_step + 1, queue)
 
     def multi_step_functional_forward(
@@ -319,7 +322,13 @@ class MaskedPSN(ParallelNeuron):
 
 
 def _check_lambda(value) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"lambda_ must be a real number in [0, 1], got {type(value).__name__} "
+            f"{value!r}"
+        ) from None
     if not (0.0 <= v <= 1.0):
         raise ValueError(f"lambda_ must be in [0, 1], got {v}")
     return v
@@ -381,10 +390,14 @@ class SlidingPSN(ParallelNeuron):
         x = inputs[0]
         F.check_input(x, "SlidingPSN", param=self.weight, what="[N, *]")
         queue = (list(states[0]) + [x])[-self.k :]
-        w = self.weight.to(x.dtype)
+        # half inputs are computed in float32, as in multi-step mode
+        cd = compute_dtype(x.dtype)
         spike = ref.sliding_psn_step(
-            tuple(queue), w, self.bias.to(x.dtype), self.surrogate_function
-        )
+            tuple(q.to(cd) for q in queue),
+            self.weight.to(cd),
+            self.bias.to(cd),
+            self.surrogate_function,
+        ).to(x.dtype)
         return (spike,), (queue,)
 
     def multi_step_functional_forward(

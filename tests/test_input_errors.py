@@ -166,3 +166,125 @@ def test_cupy_surrogate_and_dtype_errors_without_gpu():
     assert slope in (0.5, 0.25)  # 1/w on SpikingJelly 0.0.0.0.14, 1/(2w) on 2.0
     with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
         C.compile_options(torch.float64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sjp.SlidingPSN(2, step_mode="s"),
+        lambda: sjp.MaskedPSN(2, 4, lambda_init=1.0, step_mode="s"),
+        lambda: sjp.MPEPSN(4, step_mode="s"),
+    ],
+)
+def test_single_step_input_checks(make):
+    m = make()
+    with pytest.raises(ValueError, match=r"\[N, \*\] with at least 1 dims.*\(\)"):
+        m(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="floating-point input.*torch.int32"):
+        m(torch.ones(3, dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"torch.float64 does not match.*float32"):
+        m(torch.randn(3, dtype=torch.float64))
+    assert m(torch.randn(3)).shape == (3,)
+
+
+def test_masked_multi_step_too_few_dims():
+    with pytest.raises(ValueError, match=r"MaskedPSN expects .*\[T, N, \*\]"):
+        sjp.MaskedPSN(2, 4, step_mode="m")(torch.randn(4))
+
+
+def test_mpe_single_step_training_past_T():
+    m = sjp.MPEPSN(3, step_mode="s")
+    for _ in range(3):
+        m(torch.randn(2))
+    with pytest.raises(ValueError, match=r"MPEPSN\(T=3\) got 4 time steps.*reset_net"):
+        m(torch.randn(2))
+    functional.reset_net(m)
+    m(torch.randn(2))  # a new sequence is fine
+
+
+def test_non_numeric_arguments_are_named():
+    with pytest.raises(TypeError, match="tau must be a real number"):
+        sjp.MPEPSN(4, tau="fast")
+    with pytest.raises(TypeError, match=r"lambda_ must be a real number in \[0, 1\]"):
+        sjp.MaskedPSN(2, 4, lambda_init="half")
+    with pytest.raises(TypeError, match="k must be an int"):
+        sjp.MaskedPSN(2.0, 4)
+    with pytest.raises(ValueError, match="step_mode"):
+        sjp.SlidingPSN(2, step_mode="x")
+
+
+def test_cupy_backend_cpu_tensor_with_cupy_simulated(monkeypatch):
+    """The device check does not depend on CuPy being importable here."""
+    monkeypatch.setattr(backends, "cupy_available", lambda: True)
+    for m in [
+        sjp.PSN(4, backend="cupy"),
+        sjp.MaskedPSN(2, 4, step_mode="m", backend="cupy"),
+        sjp.SlidingPSN(2, step_mode="m", backend="cupy"),
+        sjp.MPEPSN(4, step_mode="m", backend="cupy"),
+    ]:
+        with pytest.raises(ValueError, match=r"needs CUDA tensors.*backend='torch'"):
+            m(torch.randn(4, 3))
+
+
+def test_nan_policy_all_neurons_and_modes():
+    """NaN potentials compare false with >= 0: the spike is 0, never NaN."""
+    nan_x = torch.randn(4, 3)
+    nan_x[1, 2] = float("nan")
+    for m in [
+        sjp.SlidingPSN(2, step_mode="s"),
+        sjp.MaskedPSN(2, 4, lambda_init=1.0, step_mode="s"),
+        sjp.MPEPSN(4, step_mode="s"),
+        sjp.MPEPSN(4, step_mode="m"),
+        sjp.MPEPSN(4, estimate_from="current", step_mode="m"),
+    ]:
+        for train in (True, False):
+            functional.reset_net(m)
+            m.train(train)
+            s = m(nan_x) if m.step_mode == "m" else torch.stack([m(v) for v in nan_x])
+            assert not torch.isnan(s).any()
+            assert set(s.unique().tolist()) <= {0.0, 1.0}
+            assert s[1, 2] == 0.0
+
+
+def test_mpe_empty_sequence():
+    for train in (True, False):
+        m = sjp.MPEPSN(4, step_mode="m").train(train)
+        with pytest.raises(ValueError, match="at least one time step"):
+            m(torch.randn(0, 3))
+
+
+def test_cuda_launch_keeps_temporaries_alive(monkeypatch):
+    """Tensor arguments are turned into addresses inside launch, while the caller's
+    argument list still holds them (a temporary freed earlier could have its memory
+    handed to the next temporary before the kernel runs)."""
+    import contextlib
+    import types
+
+    import numpy as np
+
+    from sj_parallel.backends import _cuda as C
+
+    seen = {}
+
+    class FakeCupy:
+        cuda = types.SimpleNamespace(
+            Device=lambda index: contextlib.nullcontext(),
+            ExternalStream=lambda ptr: contextlib.nullcontext(),
+            runtime=types.SimpleNamespace(getLastError=lambda: None),
+        )
+
+    monkeypatch.setattr(C, "_cupy", lambda: FakeCupy)
+    monkeypatch.setattr(
+        torch.cuda,
+        "current_stream",
+        lambda device=None: types.SimpleNamespace(cuda_stream=0),
+    )
+
+    def kernel(grid, block, args):
+        seen["args"] = args
+
+    a = torch.ones(3)
+    C.launch(kernel, 2, 64, [a, None, a.to(torch.float64), np.int32(5)], a.device)
+    ptr_a, null, ptr_tmp, five = seen["args"]
+    assert ptr_a == np.uint64(a.data_ptr()) and null == np.uint64(0) and five == 5
+    assert ptr_tmp != ptr_a and isinstance(ptr_tmp, np.uint64)
