@@ -473,7 +473,8 @@ def plot(rows, out: Path) -> None:
     for ax in axes:
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.grid(alpha=0.3)
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].legend(fontsize=7)
     fig.suptitle(
         "sj_parallel vs SpikingJelly (baseline: SJ PSN family; paper code for MPE-PSN)"
