@@ -59,6 +59,19 @@ def _step_mode_of(m: nn.Module) -> str:
         return "m"
 
 
+def _reference_tensor(*modules: nn.Module):
+    """The first floating parameter or buffer of the given modules, in order.
+
+    SpikingJelly's LIF/IF neurons hold no tensors, so the new neuron takes the device
+    and dtype of the replaced module, else of its parent, else of the network.
+    """
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point():
+                return t
+    return None
+
+
 def replace_neurons(
     net: nn.Module,
     neuron_cls: Callable[..., nn.Module],
@@ -71,9 +84,11 @@ def replace_neurons(
     Every module that is an instance of ``types`` (default: SpikingJelly's
     ``neuron.BaseNode`` subclasses — LIF, IF, PLIF, ... — and SpikingJelly's own PSN
     family) is replaced in place, at the same position, by a new
-    ``neuron_cls(**neuron_kwargs)`` (one instance per replaced module) moved to the old
-    module's device, with the old module's step mode. SpikingJelly 2.0's cached list of
-    resettable modules is invalidated, so ``functional.reset_net`` sees the new ones.
+    ``neuron_cls(**neuron_kwargs)`` (one instance per replaced module) moved to the
+    device and floating dtype of the old module (or, when it holds no tensors, of its
+    parent, else of the network), with the old module's step mode. SpikingJelly 2.0's
+    cached list of resettable modules is invalidated, so ``functional.reset_net`` sees
+    the new ones.
 
     :param net: the network (changed in place)
     :type net: torch.nn.Module
@@ -101,9 +116,9 @@ def replace_neurons(
         for child_name, child in list(module.named_children()):
             if isinstance(child, match) and not isinstance(child, ParallelNeuron):
                 new = neuron_cls(**neuron_kwargs)
-                params = list(child.parameters()) + list(child.buffers())
-                if params:
-                    new = new.to(params[0].device)
+                ref = _reference_tensor(child, module, net)
+                if ref is not None:
+                    new = new.to(device=ref.device, dtype=ref.dtype)
                 mode = _step_mode_of(child)
                 if hasattr(new, "step_mode") and mode in ("s", "m"):
                     new.step_mode = mode
@@ -111,8 +126,14 @@ def replace_neurons(
                 replaced.append(f"{name}.{child_name}" if name else child_name)
     if not replaced:
         names = ", ".join(t.__name__ for t in match)
+        hint = (
+            " (net itself is a neuron: replace_neurons swaps submodules in place, "
+            "so build the new neuron directly)"
+            if isinstance(net, match)
+            else ""
+        )
         raise ValueError(
-            f"replace_neurons found no module of the types ({names}) in net"
+            f"replace_neurons found no module of the types ({names}) in net{hint}"
         )
     _compat.invalidate_reset_cache(net)
     net.sj_parallel_replaced = replaced

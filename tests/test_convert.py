@@ -109,3 +109,19 @@ def test_zoo_neuron_kwargs_policy():
         make(colour="red")
     mpe = sjp.zoo_neuron(sjp.MPEPSN, T=4)(tau=0.5, v_threshold=0.7)
     assert mpe.tau == 0.5 and mpe.v_threshold.item() == pytest.approx(0.7)
+
+
+def test_replace_neurons_follows_network_dtype_and_device():
+    # LIF holds no tensors: the new neuron takes the parent's (here: net's) dtype
+    net = torch.nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(step_mode="m"))
+    net.double()
+    sjp.replace_neurons(net, sjp.PSN, T=4)
+    assert net[1].weight.dtype == torch.float64
+    assert net(torch.randn(4, 2, 4, dtype=torch.float64)).dtype == torch.float64
+    nested = torch.nn.Sequential(
+        torch.nn.Sequential(neuron.IFNode()), layer.Linear(3, 3)
+    ).to(torch.bfloat16)
+    sjp.replace_neurons(nested, sjp.SlidingPSN, k=2)
+    assert nested[0][0].weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="net itself is a neuron"):
+        sjp.replace_neurons(neuron.LIFNode(), sjp.PSN, T=4)
