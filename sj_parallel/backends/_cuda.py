@@ -70,6 +70,33 @@ def compile_options(
     return tuple(opts)
 
 
+def variant_options(
+    name: str, dtype: torch.dtype, const: Optional[int] = None
+) -> Tuple[str, ...]:
+    """The ``-D`` options of one kernel variant: file ``name``, ``dtype`` and its
+    compile-time constant (``T`` for ``"psn"``; ``None`` where the file has none)."""
+    return compile_options(dtype, const if name == "psn" else None)
+
+
+def kernel_variants(
+    representative: bool = True,
+) -> List[Tuple[str, torch.dtype, Optional[int]]]:
+    """Every ``(file, dtype, compile-time constant)`` the launcher can build.
+
+    With ``representative=True`` only a few constants per file (the smallest, a
+    typical and the largest), enough to compile every kernel function once per dtype.
+    """
+    out: List[Tuple[str, torch.dtype, Optional[int]]] = []
+    for name in KERNEL_FILES:
+        if name == "psn":
+            consts = [1, 16, PSN_MAX_T] if representative else range(1, PSN_MAX_T + 1)
+        else:
+            consts = [None]
+        for dtype in DTYPE_CODES:
+            out += [(name, dtype, c) for c in consts]
+    return out
+
+
 @functools.cache
 def cuda_include_dirs() -> Tuple[Tuple[str, int], ...]:
     """``(directory, CUDA major version)`` of every header set with ``cuda_fp16.h``.
