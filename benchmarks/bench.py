@@ -32,7 +32,7 @@ import torch
 from spikingjelly.activation_based import base, functional, neuron
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpe_baseline import PaperMPEPSN  # noqa: E402
+from mpe_baseline import AuthorsMPEPSN  # noqa: E402
 
 import sj_parallel as sjp  # noqa: E402
 from sj_parallel import _compat  # noqa: E402
@@ -96,7 +96,7 @@ def cases(T: int, device: torch.device, names: List[str]) -> Dict[str, Callable]
         "sliding-psn": (lambda: _compat.SJ_SLIDING_PSN(K, step_mode="m"))
         if _compat.SJ_HAS_PSN
         else None,
-        "mpe-psn": lambda: PaperMPEPSN(T),
+        "mpe-psn": lambda: AuthorsMPEPSN(T, batch_first=False),
     }
     for n in names:
         if n == "lif":

@@ -30,6 +30,9 @@ from .backends.torch_backend import compute_dtype
 
 __all__ = ["ParallelNeuron", "PSN", "MaskedPSN", "SlidingPSN", "MPEPSN"]
 
+#: The choices of ``MPEPSN(mem_loss_weights=...)``.
+MEM_LOSS_WEIGHTS = ("linear", "softmax")
+
 States = Tuple[object, ...]
 Outputs = Tuple[torch.Tensor, ...]
 
@@ -440,28 +443,39 @@ class MPEPSN(ParallelNeuron):
     :math:`\hat u_t = (1 - p_t) I_t`, unless ``sample_in_eval=True`` (the official
     code's behaviour).
 
-    Auxiliary membrane-estimation loss (training mode only): per step the mean squared
-    error between each estimate and the real post-reset potential it stands in for
-    (:math:`u_t` for the paper wiring, :math:`u_{t-1}` for the current wiring, the
-    spike inside :math:`u` treated as a constant), weighted by
-    :math:`\kappa = \mathrm{softmax}(\text{kappa\_logit})` (init :math:`1/T` each):
+    Auxiliary membrane-estimation loss (training mode only), exactly as the authors'
+    code computes it: per step the mean squared error between each estimate and the
+    real post-reset potential :math:`u_t = (1 - o_t) h_t` it stands in for, with the
+    spike :math:`o_t` *not* detached (the loss's gradient reaches the input and
+    ``v_threshold`` through the surrogate), weighted by learnable per-step weights
+    :math:`\kappa`:
 
-    .. math::
+    * ``estimate_from="previous"``: :math:`L_{mem} = \frac{1}{T} \sum_{t=0}^{T-1}
+      \kappa_t \, \mathrm{mean}((\hat u_t - u_t)^2)`, ``T`` weights (init
+      :math:`1/T`);
+    * ``estimate_from="current"``: the ``T - 1`` pairs :math:`(\hat u_t, u_{t-1})`,
+      :math:`L_{mem} = \frac{1}{T-1} \sum_{t=1}^{T-1} \kappa_{t-1} \,
+      \mathrm{mean}((\hat u_t - u_{t-1})^2)`, ``T - 1`` weights (init
+      :math:`1/(T-1)`).
 
-        L_{mem} = \frac{1}{T} \sum_t \kappa_t \, \mathrm{mean}((\hat u_t - u_t)^2)
+    ``mem_loss_weights`` chooses :math:`\kappa`:
 
-    The softmax keeps :math:`\kappa_t \ge 0` and :math:`\sum_t \kappa_t = 1`, so
-    learning :math:`\kappa` can never make the loss reward mismatch (the official
-    code's linear :math:`\kappa` can go negative). The loss of the last forward pass is
-    kept in the state ``mem_loss`` (cleared by ``functional.reset_net``); add
-    ``sjp.membrane_loss(net)`` to the task loss, e.g.
+    * ``"linear"`` (default, the authors' ``coef``): :math:`\kappa` is the plain
+      parameter ``coef``. Its gradient is the (positive) mse, so gradient descent and
+      weight decay shrink it, and it can go negative, which then rewards mismatch.
+    * ``"softmax"`` (our option): :math:`\kappa = \mathrm{softmax}(\text{kappa\_logit})`
+      (init :math:`1/n` each), always non-negative and summing to 1.
+
+    The loss of the last forward pass is kept in the state ``mem_loss`` (cleared by
+    ``functional.reset_net``); add ``sjp.membrane_loss(net)`` to the task loss, e.g.
     ``loss = (1 - 1e-3) * task + 1e-3 * sjp.membrane_loss(net)``.
 
     Works for any sequence length and in single-step mode (state: the step counter,
     the sequence's seed, the previous estimate and potential); the auxiliary loss
     needs at most ``T`` steps per sequence.
 
-    :param T: number of time steps (length of :math:`\kappa`)
+    :param T: number of time steps per sequence (the loss has ``T`` weights for the
+        previous wiring, ``T - 1`` for the current wiring)
     :type T: int
     :param tau: decay multiplier :math:`\tau` (default 0.25)
     :type tau: float
@@ -475,6 +489,9 @@ class MPEPSN(ParallelNeuron):
     :param backend: ``'torch'`` or ``'cupy'``
     :param sample_in_eval: keep Bernoulli sampling in eval mode
     :type sample_in_eval: bool
+    :param mem_loss_weights: ``"linear"`` (the authors' ``coef``) or ``"softmax"``
+        (non-negative weights that sum to 1)
+    :type mem_loss_weights: str
     """
 
     def __init__(
@@ -487,10 +504,17 @@ class MPEPSN(ParallelNeuron):
         step_mode: str = "s",
         backend: str = "torch",
         sample_in_eval: bool = False,
+        mem_loss_weights: str = "linear",
     ):
         super().__init__(step_mode, backend)
         self.T = _check_int("T", T)
         self.tau = ref.check_tau(tau)
+        if mem_loss_weights not in MEM_LOSS_WEIGHTS:
+            raise ValueError(
+                f"mem_loss_weights must be one of {MEM_LOSS_WEIGHTS}, got "
+                f"{mem_loss_weights!r}"
+            )
+        self.mem_loss_weights = mem_loss_weights
         if estimate_from not in ref.MPE_WIRINGS:
             raise ValueError(
                 f"estimate_from must be one of {ref.MPE_WIRINGS}, got {estimate_from!r}"
@@ -503,7 +527,12 @@ class MPEPSN(ParallelNeuron):
             else surrogate_function
         )
         self.v_threshold = nn.Parameter(torch.as_tensor(float(v_threshold)))
-        self.kappa_logit = nn.Parameter(torch.zeros(T))
+        # one weight per (estimate, potential) pair of the loss
+        n = T if estimate_from == "previous" else T - 1
+        if mem_loss_weights == "linear":
+            self.coef = nn.Parameter(torch.full((n,), 1.0 / max(n, 1)))
+        else:
+            self.kappa_logit = nn.Parameter(torch.zeros(n))
         self.register_memory("time_step", 0)
         self.register_memory("seed", None)
         self.register_memory("u_hat", 0.0)
@@ -512,8 +541,21 @@ class MPEPSN(ParallelNeuron):
 
     @property
     def kappa(self) -> torch.Tensor:
-        r""":math:`\kappa = \mathrm{softmax}(\text{kappa\_logit})`, ``T`` weights."""
+        r"""The loss weights :math:`\kappa`: ``coef`` (linear) or
+        :math:`\mathrm{softmax}(\text{kappa\_logit})`; ``T`` of them for the
+        previous wiring, ``T - 1`` for the current wiring."""
+        if self.mem_loss_weights == "linear":
+            return self.coef
         return torch.softmax(self.kappa_logit, 0)
+
+    def _step_weights(self, start: int, steps: int) -> torch.Tensor:
+        """Loss weight of each global step ``start .. start + steps - 1``, divided by
+        the number of pairs (the current wiring has no pair at step 0)."""
+        kappa = self.kappa
+        n = kappa.shape[0]
+        if self.estimate_from == "current":
+            kappa = torch.cat([kappa.new_zeros(1), kappa])
+        return kappa[start : start + steps] / max(n, 1)
 
     @property
     def stochastic(self) -> bool:
@@ -552,8 +594,8 @@ class MPEPSN(ParallelNeuron):
             backend=backend,
         )
         if need_mse:
-            kappa = self.kappa[time_step : time_step + steps]
-            mem_loss = mem_loss + (kappa * mse.to(kappa.dtype)).sum() / self.T
+            w = self._step_weights(time_step, steps)
+            mem_loss = mem_loss + (w * mse.to(w.dtype)).sum()
         return spikes, (time_step + steps, seed, u_hat_last, u_last, mem_loss)
 
     def single_step_functional_forward(
@@ -573,5 +615,6 @@ class MPEPSN(ParallelNeuron):
     def extra_repr(self) -> str:
         return (
             f"T={self.T}, tau={self.tau}, estimate_from={self.estimate_from!r}, "
-            f"sample_in_eval={self.sample_in_eval}, " + super().extra_repr()
+            f"sample_in_eval={self.sample_in_eval}, "
+            f"mem_loss_weights={self.mem_loss_weights!r}, " + super().extra_repr()
         )

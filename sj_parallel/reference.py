@@ -41,8 +41,11 @@ that MPE-PSN approximates is :math:`u_t = (1 - o_t) h_t`. The per-step estimatio
 error (``mse``, used by the auxiliary loss) compares each estimate with the potential
 it stands in for: :math:`\mathrm{mean}_m(\hat u_t - u_t)^2` for the paper wiring and
 :math:`\mathrm{mean}_m(\hat u_t - u_{t-1})^2` (``t >= 1``; 0 at the very first step)
-for the current wiring. The spike :math:`o_t` inside :math:`u_t` is treated as a
-constant in that loss.
+for the current wiring. As in the authors' code, the spike :math:`o_t` inside
+:math:`u_t` is *not* detached: the loss's gradient reaches :math:`I` and
+:math:`V_{th}` through the surrogate, :math:`\partial u_t / \partial h_t = (1 - o_t)
+- h_t \sigma'(h_t - V_{th})` and :math:`\partial u_t / \partial V_{th} = h_t
+\sigma'(h_t - V_{th})`.
 
 Counter-based Bernoulli samples
 -------------------------------
@@ -308,7 +311,7 @@ def mpe_psn(
             h = x[t] if t0 + t == 0 else x[t] + tau * u_hat[t]
             est, target_fn = u_hat[t], u_prev
         o = surrogate_function(h - v_threshold)
-        u = (1.0 - o.detach()) * h
+        u = (1.0 - o) * h  # the spike is not detached (the authors' loss)
         if estimate_from == "previous":
             mses.append(((est - u) ** 2).mean())
         elif t0 + t == 0:

@@ -38,10 +38,13 @@ def set_backend(net: nn.Module, backend: str) -> List[str]:
 def membrane_loss(net: nn.Module) -> torch.Tensor:
     r"""Sum of the MPE-PSN auxiliary losses of the last forward pass (0-dim tensor).
 
-    Each :class:`~sj_parallel.MPEPSN` keeps its
-    :math:`L_{mem} = \frac{1}{T}\sum_t \kappa_t \mathrm{mean}((\hat u_t - u_t)^2)`
-    in the state ``mem_loss`` (training mode only; ``functional.reset_net`` clears
-    it). Returns 0 when ``net`` has no MPE-PSN or ran none in training mode.
+    Each :class:`~sj_parallel.MPEPSN` keeps its membrane-estimation loss
+    :math:`L_{mem} = \frac{1}{n}\sum_t \kappa_t \mathrm{mean}((\hat u_t - u_t)^2)`
+    (``n`` = the number of estimate/potential pairs: ``T`` for the paper wiring,
+    ``T - 1`` for the current wiring) in the state ``mem_loss`` (training mode only;
+    ``functional.reset_net`` clears it). Returns 0 when ``net`` has no MPE-PSN or ran
+    none in training mode. Combine as the authors do:
+    ``(1 - lam) * task_loss + lam * membrane_loss(net)``.
     Under ``nn.DataParallel`` the replicas' states are discarded after the forward
     pass, so use DistributedDataParallel for MPE-PSN training.
     """

@@ -110,7 +110,7 @@ def mpe_forward(x, v, tau, wiring, b=None, u_hat0=None, u0=None, t0=0):
     """MPE-PSN step by step. ``b`` = Bernoulli samples, or None for the expectation.
 
     Returns spikes [T, M], per-step mse [T] (estimate vs the potential it stands in
-    for), and autograd-differentiable intermediates; the spike inside u is constant.
+    for); the spike inside u = (1 - o) h is not detached (as in the authors' code).
     """
     T, M = x.shape
     spikes, mses = [], []
@@ -127,7 +127,7 @@ def mpe_forward(x, v, tau, wiring, b=None, u_hat0=None, u0=None, t0=0):
         else:
             h = x[t] if t0 + t == 0 else x[t] + tau * uh
         o = TriangleSpike.apply(h - v)
-        u = (1 - o.detach()) * h
+        u = (1 - o) * h
         if wiring == "previous":
             mses.append(((uh - u) ** 2).mean())
         elif t0 + t == 0:

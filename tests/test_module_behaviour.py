@@ -149,7 +149,7 @@ def test_state_dict_round_trip_and_keys():
         sjp.PSN: {"weight", "bias"},
         sjp.MaskedPSN: {"weight", "bias", "_lambda_", "mask0", "mask1"},
         sjp.SlidingPSN: {"weight", "bias"},
-        sjp.MPEPSN: {"v_threshold", "kappa_logit"},
+        sjp.MPEPSN: {"v_threshold", "coef"},
     }
     makers = {
         sjp.PSN: lambda: sjp.PSN(5),

@@ -36,24 +36,37 @@ def test_hash_matches_numpy_uint32():
     assert abs(u.mean().item() - 0.5) < 0.005  # uniform enough for Bernoulli draws
 
 
-def _run_module(m, x, g, kappa_grad=True):
+def _weights_param(m):
+    return m.coef if m.mem_loss_weights == "linear" else m.kappa_logit
+
+
+def _run_module(m, x, g):
     x = x.clone().requires_grad_(True)
     s = m(x)
     loss = (s * g).sum() + sjp.membrane_loss(m) * 3.0
     loss.backward()
-    return s.detach(), x.grad, m.v_threshold.grad, m.kappa_logit.grad
+    return s.detach(), x.grad, m.v_threshold.grad, _weights_param(m).grad
 
 
+@pytest.mark.parametrize("weights", ["linear", "softmax"])
 @pytest.mark.parametrize("wiring", WIRINGS)
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("T", [1, 2, 5, 16, 64])
-def test_mpe_matches_independent_loop(wiring, train, T):
+def test_mpe_matches_independent_loop(weights, wiring, train, T):
     torch.manual_seed(T)
     M = 12
-    m = sjp.MPEPSN(T, tau=0.3, v_threshold=0.6, estimate_from=wiring, step_mode="m")
+    m = sjp.MPEPSN(
+        T,
+        tau=0.3,
+        v_threshold=0.6,
+        estimate_from=wiring,
+        step_mode="m",
+        mem_loss_weights=weights,
+    )
     m.double().train(train)
+    n = T if wiring == "previous" else T - 1
     with torch.no_grad():
-        m.kappa_logit.copy_(torch.randn(T))
+        _weights_param(m).copy_(torch.randn(n))
     x = torch.randn(T, 3, 4, dtype=torch.float64) * 1.5
     g = torch.randn_like(x)
     torch.manual_seed(123)
@@ -64,24 +77,29 @@ def test_mpe_matches_independent_loop(wiring, train, T):
     assert m.seed == (seed if train else None)
     xe = x.reshape(T, M).clone().requires_grad_(True)
     ve = m.v_threshold.detach().clone().requires_grad_(True)  # float32-rounded 0.6
-    ke = m.kappa_logit.detach().clone().requires_grad_(True)
+    ke = _weights_param(m).detach().clone().requires_grad_(True)
     b = mpe_samples(xe, seed, 0) if train else None
     es, emse = mpe_forward(xe, ve, 0.3, wiring, b=b)
     loss = (es * g.reshape(T, M)).sum()
     if train:
-        loss = loss + 3.0 * (torch.softmax(ke, 0) * emse).sum() / T
+        # previous: (1/T) sum_t k_t mse_t; current: (1/(T-1)) sum_{t>=1} k_{t-1} mse_t
+        kappa = ke if weights == "linear" else torch.softmax(ke, 0)
+        pairs = emse if wiring == "previous" else emse[1:]
+        expect_loss = (kappa * pairs).sum() / max(n, 1)
+        loss = loss + 3.0 * expect_loss
     loss.backward()
     assert torch.equal(s.reshape(T, M), es.detach())
-    if train:  # the per-step mse, weighted by softmax(kappa_logit), summed / T
-        expect_loss = (torch.softmax(ke.detach(), 0) * emse.detach()).sum() / T
-        torch.testing.assert_close(sjp.membrane_loss(m).detach(), expect_loss)
+    if train:
+        torch.testing.assert_close(sjp.membrane_loss(m).detach(), expect_loss.detach())
     torch.testing.assert_close(gx.reshape(T, M), xe.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gv, ve.grad, rtol=1e-9, atol=1e-12)
-    if train:
+    if train and n > 0:
         torch.testing.assert_close(gk, ke.grad, rtol=1e-9, atol=1e-12)
-        assert T == 1 or gk.abs().sum() > 0  # softmax of one logit is constant
-    else:
-        assert gk is None and float(sjp.membrane_loss(m)) == 0.0
+        # softmax of one logit is constant
+        assert (weights == "softmax" and n == 1) or gk.abs().sum() > 0
+    else:  # eval mode, or no pairs at all (current wiring, T = 1)
+        assert gk is None or gk.numel() == 0
+        assert float(sjp.membrane_loss(m).detach()) == 0.0
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)
@@ -120,24 +138,28 @@ def test_torch_backend_equals_reference(wiring, stochastic, t0, state):
 
 @pytest.mark.parametrize("wiring", WIRINGS)
 @pytest.mark.parametrize("stochastic", [True, False])
-def test_gradcheck_mpe_function_smooth(wiring, stochastic):
+@pytest.mark.parametrize("t0", [0, 2])
+def test_gradcheck_mpe_function_smooth(wiring, stochastic, t0):
+    """Finite differences through every output, the membrane loss included.
+
+    With a smooth stand-in for Θ (a non-spiking sigmoid) every output is a
+    differentiable function, also through the spike inside ``u = (1 - o) h``, which
+    the loss does not detach.
+    """
     torch.manual_seed(0)
-    sg = surrogate.Sigmoid(alpha=2.0, spiking=False)  # smooth stand-in for Θ
+    sg = surrogate.Sigmoid(alpha=2.0, spiking=False)
     T, M = 4, 5
     x = torch.randn(T, M, dtype=torch.float64, requires_grad=True)
     v = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     uh0 = torch.randn(M, dtype=torch.float64, requires_grad=True)
+    u0 = torch.randn(M, dtype=torch.float64, requires_grad=True)
 
-    # The estimation loss (mse) and u treat the spike inside u = (1 - o) h as a
-    # constant by design, so a finite-difference check covers the outputs that do
-    # not go through it; test_torch_backend_equals_reference covers the mse path.
-    def f(x, v, uh0):
-        s, _, u_hat_last, _ = tb.MPEPSNFunction.apply(
-            x, v, uh0, None, 0.25, sg, wiring, stochastic, (3, 4), 2, False
+    def f(x, v, uh0, u0):
+        return tb.MPEPSNFunction.apply(
+            x, v, uh0, u0, 0.25, sg, wiring, stochastic, (3, 4), t0, True
         )
-        return s, u_hat_last
 
-    assert torch.autograd.gradcheck(f, (x, v, uh0))
+    assert torch.autograd.gradcheck(f, (x, v, uh0, u0))
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)
@@ -185,8 +207,9 @@ def test_seed_reproducible_and_eval_deterministic():
     assert torch.equal(m(x), a)
 
 
-def test_kappa_nonnegative_and_loss_cleared_by_reset():
-    m = sjp.MPEPSN(4, step_mode="m")
+def test_softmax_kappa_nonnegative_and_loss_cleared_by_reset():
+    m = sjp.MPEPSN(4, step_mode="m", mem_loss_weights="softmax")
+    assert "coef" not in dict(m.named_parameters())
     assert torch.allclose(m.kappa, torch.full((4,), 0.25))
     with torch.no_grad():
         m.kappa_logit.copy_(torch.tensor([-50.0, 3.0, 0.0, 9.0]))
@@ -279,37 +302,6 @@ def test_reference_matches_independent_loop(wiring, stochastic, T, t0):
             assert (a is None or not a.any()) and (e is None or not e.any())
         else:
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
-
-
-class _ConstantSpike:
-    """A stand-in step whose output does not depend on h (o = 0.3 everywhere).
-
-    The estimation loss treats the spike inside ``u = (1 - o) h`` as a constant by
-    design; with a constant ``o`` that convention is exact, so finite differences
-    check the analytic backward of ``mse``, ``u_last`` and the state inputs.
-    """
-
-    def __call__(self, z):
-        return 0.3 + 0.0 * z
-
-
-@pytest.mark.parametrize("wiring", WIRINGS)
-@pytest.mark.parametrize("stochastic", [True, False])
-@pytest.mark.parametrize("t0", [0, 2])
-def test_gradcheck_mpe_mse_and_state_inputs(wiring, stochastic, t0):
-    torch.manual_seed(1)
-    T, M = 4, 5
-    x = torch.randn(T, M, dtype=torch.float64, requires_grad=True)
-    v = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    uh0 = torch.randn(M, dtype=torch.float64, requires_grad=True)
-    u0 = torch.randn(M, dtype=torch.float64, requires_grad=True)
-
-    def f(x, v, uh0, u0):
-        return tb.MPEPSNFunction.apply(
-            x, v, uh0, u0, 0.25, _ConstantSpike(), wiring, stochastic, (3, 4), t0, True
-        )
-
-    assert torch.autograd.gradcheck(f, (x, v, uh0, u0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -258,45 +258,52 @@ class MPEPSNFunction(torch.autograd.Function):
                     x, v_th, tau, estimate_from, stochastic, seed, t0, u_hat0, u0, cd
                 )
             g_s = torch.zeros_like(xc) if g_s is None else g_s.to(cd)
-            sg_term = surrogate_grad(sg, z, g_s)
             with torch.no_grad():
                 s = sg(z)
                 one_minus_s = 1.0 - s
                 u = one_minus_s * h
-                grad_h = sg_term.clone()
+                # adjoint of u_t = (1 - o_t) h_t: from the membrane loss and u_last
+                adj_u = None
                 grad_uh = torch.zeros_like(xc)
                 grad_u0 = None
                 if g_ul is not None:
-                    grad_h[-1] += g_ul.to(cd) * one_minus_s[-1]
+                    adj_u = torch.zeros_like(xc)
+                    adj_u[-1] += g_ul.to(cd)
                 if g_uhl is not None:
                     grad_uh[-1] += g_uhl.to(cd)
+                if g_mse is not None:
+                    adj_u = torch.zeros_like(xc) if adj_u is None else adj_u
+                    if estimate_from == "previous":
+                        gm_e = (g_mse.to(cd).unsqueeze(1) * (2.0 / M)) * (u_hat - u)
+                        adj_u -= gm_e
+                    else:
+                        prev_u = xc.new_zeros(x.shape[1:]) if u0 is None else u0.to(cd)
+                        targets = torch.cat([prev_u.unsqueeze(0), u[:-1]], 0)
+                        gm = g_mse.to(cd).unsqueeze(1) * (2.0 / M) * coef
+                        gm_e = gm * (u_hat - targets)
+                        # target u_{t-1} = (1 - o_{t-1}) h_{t-1}
+                        adj_u[:-1] -= gm_e[1:]
+                        grad_u0 = -gm_e[0]
+                    grad_uh += gm_e
+                # The spike inside u is not detached: with o = Θ(h - v),
+                # du/dh = (1 - o) - h σ'(h - v) and du/dv = h σ'(h - v).
+                q = g_s if adj_u is None else g_s - adj_u * h
+            sg_term = surrogate_grad(sg, z, q, inplace=True)
+            with torch.no_grad():
+                grad_h = sg_term if adj_u is None else sg_term + adj_u * one_minus_s
+                grad_v = -sg_term.sum()
                 if estimate_from == "previous":
-                    if g_mse is not None:
-                        e = u_hat - u
-                        gm = g_mse.to(cd).unsqueeze(1) * (2.0 / M)
-                        grad_h -= gm * e * one_minus_s
-                        grad_uh += gm * e
                     # h_t depends on u_hat_{t-1}
                     grad_uh[:-1] += tau * grad_h[1:]
                     grad_u_hat0 = tau * grad_h[0]
                 else:
                     grad_u_hat0 = None
-                    if g_mse is not None:
-                        prev_u = xc.new_zeros(x.shape[1:]) if u0 is None else u0.to(cd)
-                        targets = torch.cat([prev_u.unsqueeze(0), u[:-1]], 0)
-                        gm = g_mse.to(cd).unsqueeze(1) * (2.0 / M) * coef
-                        e = u_hat - targets
-                        grad_uh += gm * e
-                        # target u_{t-1} = (1 - s_{t-1}) h_{t-1}
-                        grad_h[:-1] -= gm[1:] * e[1:] * one_minus_s[:-1]
-                        grad_u0 = -(gm[0] * e[0])
                     grad_uh += tau * coef * grad_h
                 if stochastic:
                     du_dx = 1.0 - b
                 else:
                     du_dx = (1.0 - p) - p * (1.0 - p) * xc
                 grad_x = grad_h + grad_uh * du_dx
-                grad_v = -sg_term.sum()
         out_x = grad_x.to(x.dtype) if ctx.needs_input_grad[0] else None
         out_v = (
             grad_v.to(v_th.dtype).reshape(v_th.shape)

@@ -165,26 +165,33 @@ extern "C" __global__ void sjp_mpe_backward(
         u_before = u_init;
       }
       const float gs = sjp_load(grad_s, (sjp_index)t * M + m);
-      const float sg_term = gs * sjp_surrogate_grad(sg_kind, cur.z, sg_a, sg_c, sg_d);
-      acc_v -= sg_term;
-      const float one_minus_s = 1.0f - cur.s;
-      float grad_h = sg_term;
+      // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
+      // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
+      float adj_u = 0.0f;
       float grad_uh = 0.0f;
       if (t == T - 1) {
-        if (grad_ul) grad_h += sjp_load(grad_ul, m) * one_minus_s;
+        if (grad_ul) adj_u += sjp_load(grad_ul, m);
         if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
       }
       const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
+      float err;
+      if (current_wiring) {
+        adj_u -= mse_next_term;
+        err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (cur.est.uh - u_before);
+      } else {
+        err = cur.est.uh - cur.u;
+        adj_u -= gm * err;
+      }
+      const float sg_term = (gs - adj_u * cur.h) *
+                            sjp_surrogate_grad(sg_kind, cur.z, sg_a, sg_c, sg_d);
+      acc_v -= sg_term;
+      const float grad_h = sg_term + adj_u * (1.0f - cur.s);
       if (current_wiring) {
         const float c = (t0 + t) == 0 ? 0.0f : 1.0f;
-        grad_h -= mse_next_term * one_minus_s;
-        const float err = c * (cur.est.uh - u_before);
         grad_uh += gm * c * err + tau * c * grad_h;
         mse_next_term = gm * c * err;
         if (t == 0 && grad_u0) grad_u0[m] = -mse_next_term;
       } else {
-        const float err = cur.est.uh - cur.u;
-        grad_h -= gm * err * one_minus_s;
         grad_uh += gm * err + tau * grad_h_next;
         grad_h_next = grad_h;
         if (t == 0 && grad_u_hat0) grad_u_hat0[m] = tau * grad_h;
