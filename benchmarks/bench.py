@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -55,6 +56,13 @@ def parse_args(argv=None):
         nargs="*",
         default=["psn", "masked-psn", "sliding-psn", "mpe-psn", "lif"],
     )
+    p.add_argument(
+        "--memory",
+        nargs="*",
+        default=["auto"],
+        choices=["auto", "lean", "fast"],
+        help="torch-backend memory policies of ours to measure (default: auto)",
+    )
     p.add_argument("--out", default="benchmarks/results/latest")
     p.add_argument("--no-plots", action="store_true")
     a = p.parse_args(argv)
@@ -78,15 +86,19 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------- cases
-def cases(T: int, device: torch.device, names: List[str]) -> Dict[str, Callable]:
+def cases(
+    T: int, device: torch.device, names: List[str], memories: List[str]
+) -> Dict[str, Callable]:
     """name -> module factory; ``None`` entries are skipped with a printed reason."""
     on_gpu = device.type == "cuda"
     out: Dict[str, Optional[Callable]] = {}
     ours = {
-        "psn": lambda: sjp.PSN(T),
-        "masked-psn": lambda: sjp.MaskedPSN(K, T, lambda_init=1.0, step_mode="m"),
-        "sliding-psn": lambda: sjp.SlidingPSN(K, step_mode="m"),
-        "mpe-psn": lambda: sjp.MPEPSN(T, step_mode="m"),
+        "psn": lambda mem: sjp.PSN(T, memory=mem),
+        "masked-psn": lambda mem: sjp.MaskedPSN(
+            K, T, lambda_init=1.0, step_mode="m", memory=mem
+        ),
+        "sliding-psn": lambda mem: sjp.SlidingPSN(K, step_mode="m", memory=mem),
+        "mpe-psn": lambda mem: sjp.MPEPSN(T, step_mode="m", memory=mem),
     }
     sj = {
         "psn": (lambda: _compat.SJ_PSN(T)) if _compat.SJ_HAS_PSN else None,
@@ -107,9 +119,11 @@ def cases(T: int, device: torch.device, names: List[str]) -> Dict[str, Callable]
                         step_mode="m", backend="cupy"
                     )
             continue
-        out[f"{n}/ours-torch"] = ours[n]
+        for mem in memories:
+            suffix = "" if mem == "auto" else f"-{mem}"
+            out[f"{n}/ours-torch{suffix}"] = functools.partial(ours[n], mem)
         if on_gpu and cupy_available():
-            out[f"{n}/ours-cupy"] = _ours_cupy(ours[n])
+            out[f"{n}/ours-cupy"] = _ours_cupy(functools.partial(ours[n], "lean"))
         base = "paper" if n == "mpe-psn" else "sj"
         out[f"{n}/{base}-torch"] = sj[n]
     return out
@@ -126,29 +140,33 @@ def _ours_cupy(factory):
 
 # ------------------------------------------------------------------- timing
 def _timer(device: torch.device):
+    """``run(fns, repeats)``: the median time of each function of ``fns`` (a dict),
+    the repeats of all of them interleaved, so that a slow spell of the machine
+    (another process, a frequency change) falls on every candidate alike."""
     if device.type == "cuda":
 
-        def run(fn, repeats):
-            times = []
-            for _ in range(repeats):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            return statistics.median(times)
+        def once(fn):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
 
     else:
 
-        def run(fn, repeats):
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
+        def once(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+    def run(fns, repeats):
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                times[k].append(once(fn))
+        return {k: statistics.median(v) for k, v in times.items()}
 
     return run
 
@@ -172,56 +190,87 @@ def copy_bandwidth(device: torch.device) -> Optional[float]:
     n = 1 << 28
     a = torch.empty(n, dtype=torch.uint8, device=device)
     b = torch.empty_like(a)
-    t = _timer(device)(lambda: b.copy_(a), 20)
+    t = _timer(device)({"copy": lambda: b.copy_(a)}, 20)["copy"]
     return 2 * n / t
 
 
-def measure(factory, T, n, dtype, device, a, timer) -> dict:
-    m = factory().to(device)
-    if isinstance(m, base.MemoryModule):
-        functional.set_step_mode(m, "m")
+def aux_loss(m) -> Optional[torch.Tensor]:
+    """The auxiliary membrane loss of an MPE-PSN module (ours or the authors')."""
+    if isinstance(m, sjp.MPEPSN):
+        return sjp.membrane_loss(m)
+    if isinstance(m, AuthorsMPEPSN):
+        return m.mem_loss
+    return None
+
+
+def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
+    """Speed and memory of every module of ``factories`` (name -> factory) on the
+    same input, their timed runs interleaved (see :func:`_timer`)."""
     x = torch.randn(T, n, device=device, dtype=dtype)
     g = torch.randn_like(x)
     xg = x.clone().requires_grad_(True)
+    mods = {}
+    for key, factory in factories.items():
+        m = factory().to(device)
+        if isinstance(m, base.MemoryModule):
+            functional.set_step_mode(m, "m")
+        mods[key] = m
 
-    def fwd():
-        m.train()
-        m(xg)
-        functional.reset_net(m)
+    def fwd(m):
+        def run():
+            m.train()
+            m(xg)
+            functional.reset_net(m)
 
-    def fwd_bwd():
-        m.train()
-        out = m(xg)
-        out.backward(g)
-        functional.reset_net(m)
-        xg.grad = None
-        for p in m.parameters():
-            p.grad = None
+        return run
 
-    def infer():
-        m.eval()
-        with torch.no_grad():
-            m(x)
-        functional.reset_net(m)
+    def fwd_bwd(m):
+        def run():
+            m.train()
+            out = m(xg)
+            loss = (out * g).sum()
+            aux = aux_loss(m)  # MPE-PSN trains with its membrane loss
+            if aux is not None:
+                loss = loss + aux
+            loss.backward()
+            functional.reset_net(m)
+            xg.grad = None
+            for p in m.parameters():
+                p.grad = None
 
-    row = {}
-    for name, fn in (
+        return run
+
+    def infer(m):
+        def run():
+            m.eval()
+            with torch.no_grad():
+                m(x)
+            functional.reset_net(m)
+
+        return run
+
+    rows = {key: {} for key in mods}
+    for name, make in (
         ("forward", fwd),
         ("forward_backward", fwd_bwd),
         ("inference", infer),
     ):
+        fns = {key: make(m) for key, m in mods.items()}
         for _ in range(a.warmup):
-            fn()
-        row[f"{name}_s"] = timer(fn, a.repeats)
-    m.train()
-    row["saved_bytes"] = saved_bytes(lambda: m(xg))
-    functional.reset_net(m)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        mem0 = torch.cuda.memory_allocated(device)
-        fwd_bwd()
-        row["peak_bytes"] = torch.cuda.max_memory_allocated(device) - mem0
-    return row
+            for fn in fns.values():
+                fn()
+        for key, t in timer(fns, a.repeats).items():
+            rows[key][f"{name}_s"] = t
+    for key, m in mods.items():
+        m.train()
+        rows[key]["saved_bytes"] = saved_bytes(lambda m=m: m(xg))
+        functional.reset_net(m)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            mem0 = torch.cuda.memory_allocated(device)
+            fwd_bwd(m)()
+            rows[key]["peak_bytes"] = torch.cuda.max_memory_allocated(device) - mem0
+    return rows
 
 
 def main(argv=None) -> int:
@@ -267,37 +316,42 @@ def main(argv=None) -> int:
                     continue  # over ~256 MB per tensor: too slow for a CPU run
                 if free is not None and T * n * 4 * 12 > free:
                     continue
-                for key, factory in cases(T, device, a.neurons).items():
+                groups: Dict[str, Dict[str, Callable]] = {}
+                for key, factory in cases(T, device, a.neurons, a.memory).items():
                     if factory is None:
                         continue
                     if dtype != torch.float32 and key.startswith("lif/sj-cupy"):
                         continue
-                    neuron_name, impl = key.split("/")
+                    groups.setdefault(key.split("/")[0], {})[key] = factory
+                for neuron_name, group in groups.items():
                     try:
-                        r = measure(factory, T, n, dtype, device, a, timer)
+                        measured = measure_group(group, T, n, dtype, device, a, timer)
                     except Exception as e:  # report and keep going
-                        print(f"# {key} T={T} n=2^{log2n} {dtype_name}: failed: {e}")
+                        print(f"# {neuron_name} T={T} n=2^{log2n} {dtype_name}: "
+                              f"failed: {e}")  # fmt: skip
                         continue
                     elem = torch.empty((), dtype=dtype).element_size()
-                    r.update(
-                        neuron=neuron_name,
-                        impl=impl,
-                        T=T,
-                        log2n=log2n,
-                        dtype=dtype_name,
-                    )
-                    if bw:
-                        fwd_bytes = 2 * T * n * elem  # read X once, write S once
-                        r["forward_roofline"] = fwd_bytes / r["forward_s"] / bw
-                    rows.append(r)
-                    print(
-                        f"{neuron_name:12s} {impl:11s} T={T:<3d} n=2^{log2n:<3d} "
-                        f"{dtype_name:8s} fwd {r['forward_s'] * 1e3:9.3f} ms  "
-                        f"fwd+bwd {r['forward_backward_s'] * 1e3:9.3f} ms  "
-                        f"inf {r['inference_s'] * 1e3:9.3f} ms  "
-                        f"saved {r['saved_bytes'] / 2**20:8.2f} MiB",
-                        flush=True,
-                    )
+                    for key, r in measured.items():
+                        impl = key.split("/")[1]
+                        r.update(
+                            neuron=neuron_name,
+                            impl=impl,
+                            T=T,
+                            log2n=log2n,
+                            dtype=dtype_name,
+                        )
+                        if bw:
+                            fwd_bytes = 2 * T * n * elem  # read X once, write S once
+                            r["forward_roofline"] = fwd_bytes / r["forward_s"] / bw
+                        rows.append(r)
+                        print(
+                            f"{neuron_name:12s} {impl:11s} T={T:<3d} n=2^{log2n:<3d} "
+                            f"{dtype_name:8s} fwd {r['forward_s'] * 1e3:9.3f} ms  "
+                            f"fwd+bwd {r['forward_backward_s'] * 1e3:9.3f} ms  "
+                            f"inf {r['inference_s'] * 1e3:9.3f} ms  "
+                            f"saved {r['saved_bytes'] / 2**20:8.2f} MiB",
+                            flush=True,
+                        )
     (out / "results.json").write_text(
         json.dumps({"info": info, "rows": rows}, indent=1)
     )
@@ -350,18 +404,32 @@ def ratio_report(rows, device) -> str:
             f"{sp['forward_backward']:.2f} | {sp['inference']:.2f} | {mem:.2f} |"
         )
         if impl == "ours-torch" and device.type == "cpu":
+            # issue 11: the PSN family >= 1.0x SpikingJelly 2.0 everywhere in "auto",
+            # saved bytes <= 0.6x at >= 2^16 neurons; MPE-PSN >= 1.5x the authors'
+            # code with <= 0.5x its saved bytes; inference no slower anywhere.
+            mpe = nrn == "mpe-psn"
+            need = 1.5 if mpe else 1.0
             checks.append(
                 (
-                    f"CPU {nrn} T={T} n=2^{l2}: fwd+bwd speed >= 0.85x baseline",
-                    sp["forward_backward"] >= 0.85,
+                    f"CPU {nrn} T={T} n=2^{l2}: fwd+bwd speed >= {need}x baseline",
+                    sp["forward_backward"] >= need,
                     sp["forward_backward"],
                 )
             )
+            if mpe or l2 >= 16:
+                cap = 0.5 if mpe else 0.6
+                checks.append(
+                    (
+                        f"CPU {nrn} T={T} n=2^{l2}: saved bytes <= {cap}x baseline",
+                        mem <= cap,
+                        mem,
+                    )
+                )
             checks.append(
                 (
-                    f"CPU {nrn} T={T} n=2^{l2}: saved bytes <= 0.6x baseline",
-                    mem <= 0.6,
-                    mem,
+                    f"CPU {nrn} T={T} n=2^{l2}: inference speed >= 1.0x baseline",
+                    sp["inference"] >= 1.0,
+                    sp["inference"],
                 )
             )
         if impl == "ours-cupy":

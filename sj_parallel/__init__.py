@@ -8,7 +8,7 @@ and fused CuPy kernels.
 from .backends import BACKENDS
 from .convert import from_spikingjelly, replace_neurons, to_spikingjelly, zoo_neuron
 from .neuron import MPEPSN, PSN, MaskedPSN, ParallelNeuron, SlidingPSN
-from .utils import masked_psn_lambda, membrane_loss, set_backend
+from .utils import masked_psn_lambda, membrane_loss, set_backend, set_memory
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "MPEPSN",
     "ParallelNeuron",
     "set_backend",
+    "set_memory",
     "membrane_loss",
     "masked_psn_lambda",
     "replace_neurons",

@@ -27,6 +27,7 @@ __all__ = [
     "sliding_psn_multi_step",
     "mpe_psn_multi_step",
     "check_input",
+    "check_steps",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -69,8 +70,24 @@ def check_input(
             )
 
 
+def check_steps(x_seq: torch.Tensor, name: str) -> None:
+    """Raise a clear ``ValueError`` for an empty sequence (``T = 0``).
+
+    An empty batch (``N = 0``) is fine: it gives an empty result.
+    """
+    if x_seq.shape[0] == 0:
+        raise ValueError(
+            f"{name} expects at least one time step, got an input of shape "
+            f"{tuple(x_seq.shape)} (T=0)"
+        )
+
+
 def _flat(x_seq: torch.Tensor) -> torch.Tensor:
-    return x_seq.reshape(x_seq.shape[0], -1)
+    return x_seq if x_seq.dim() == 2 else x_seq.reshape(x_seq.shape[0], -1)
+
+
+def _unflat(out: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
+    return out if x_seq.dim() == 2 else out.view(x_seq.shape)
 
 
 def psn_multi_step(
@@ -79,11 +96,14 @@ def psn_multi_step(
     bias: torch.Tensor,
     surrogate_function: Surrogate,
     backend: str = "torch",
+    memory: str = "auto",
 ) -> torch.Tensor:
     r"""PSN: :math:`S = \Theta(W X + b)` for ``x_seq`` ``[T, N, *]``.
 
     :param weight: ``[T, T]``
     :param bias: ``[T, 1]``
+    :param memory: the torch backend's memory policy (``"lean"``, ``"fast"`` or
+        ``"auto"``; see :mod:`sj_parallel.backends.torch_backend`)
     """
     T = weight.shape[0]
     check_input(x_seq, "PSN", min_dim=2, param=weight)
@@ -93,7 +113,8 @@ def psn_multi_step(
             f"{tuple(x_seq.shape)} (T={x_seq.shape[0]})"
         )
     be = get_backend(backend, x_seq)
-    return be.psn(_flat(x_seq), weight, bias, surrogate_function).view(x_seq.shape)
+    out = be.psn(_flat(x_seq), weight, bias, surrogate_function, memory=memory)
+    return _unflat(out, x_seq)
 
 
 def masked_psn_multi_step(
@@ -104,8 +125,11 @@ def masked_psn_multi_step(
     mask0: torch.Tensor,
     surrogate_function: Surrogate,
     backend: str = "torch",
+    memory: str = "auto",
+    mask1: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    r"""Masked PSN: :math:`S = \Theta((W \odot M(\lambda)) X + b)`."""
+    r"""Masked PSN: :math:`S = \Theta((W \odot M(\lambda)) X + b)`; ``mask1`` is the
+    all-ones ``J`` (made on the fly when not given)."""
     T = weight.shape[0]
     check_input(x_seq, "MaskedPSN", min_dim=2, param=weight)
     if x_seq.shape[0] != T:
@@ -114,8 +138,9 @@ def masked_psn_multi_step(
             f"{tuple(x_seq.shape)} (T={x_seq.shape[0]})"
         )
     be = get_backend(backend, x_seq)
-    w = ref.masked_weight(weight, lambda_, mask0)
-    return be.psn(_flat(x_seq), w, bias, surrogate_function).view(x_seq.shape)
+    w = ref.masked_weight(weight, lambda_, mask0, mask1)
+    out = be.psn(_flat(x_seq), w, bias, surrogate_function, memory=memory)
+    return out.view(x_seq.shape)
 
 
 def sliding_psn_multi_step(
@@ -124,13 +149,14 @@ def sliding_psn_multi_step(
     bias: torch.Tensor,
     surrogate_function: Surrogate,
     backend: str = "torch",
+    memory: str = "auto",
 ) -> torch.Tensor:
     r"""Sliding PSN: :math:`H[t] = \sum_{i<k} w_i X[t-k+1+i] + b`, any length ``T``."""
     check_input(x_seq, "SlidingPSN", min_dim=2, param=weight)
+    check_steps(x_seq, "SlidingPSN")
     be = get_backend(backend, x_seq)
-    return be.sliding_psn(_flat(x_seq), weight, bias, surrogate_function).view(
-        x_seq.shape
-    )
+    out = be.sliding_psn(_flat(x_seq), weight, bias, surrogate_function, memory=memory)
+    return _unflat(out, x_seq)
 
 
 def mpe_psn_multi_step(
@@ -147,6 +173,7 @@ def mpe_psn_multi_step(
     u0: Optional[torch.Tensor] = None,
     need_mse: bool = False,
     backend: str = "torch",
+    memory: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """MPE-PSN over ``x_seq`` ``[T, N, *]``; see :func:`sj_parallel.reference.mpe_psn`.
 
@@ -154,10 +181,7 @@ def mpe_psn_multi_step(
     is float32 for half inputs, else in the input's dtype.
     """
     check_input(x_seq, "MPEPSN", min_dim=2, param=v_threshold)
-    if x_seq.shape[0] == 0:
-        raise ValueError(
-            f"MPEPSN expects at least one time step, got shape {tuple(x_seq.shape)}"
-        )
+    check_steps(x_seq, "MPEPSN")
     if estimate_from not in ref.MPE_WIRINGS:
         raise ValueError(
             f"estimate_from must be one of {ref.MPE_WIRINGS}, got {estimate_from!r}"
@@ -177,6 +201,9 @@ def mpe_psn_multi_step(
         u_hat0=flat_state[0],
         u0=flat_state[1],
         need_mse=need_mse,
+        memory=memory,
     )
+    if x_seq.dim() == 2:
+        return s, mse, uhl, ul
     rest = x_seq.shape[1:]
     return s.view(x_seq.shape), mse, uhl.view(rest), ul.view(rest)

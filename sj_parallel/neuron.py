@@ -26,7 +26,7 @@ from . import functional as F
 from . import reference as ref
 from ._compat import MemoryModule, default_surrogate, mpe_default_surrogate
 from .backends import BACKENDS, check_backend_available, check_backend_name
-from .backends.torch_backend import compute_dtype
+from .backends.torch_backend import check_memory, compute_dtype
 
 __all__ = ["ParallelNeuron", "PSN", "MaskedPSN", "SlidingPSN", "MPEPSN"]
 
@@ -54,11 +54,14 @@ class ParallelNeuron(MemoryModule):
     states back, identically on SpikingJelly 0.0.0.0.14 and 2.0.0.
     """
 
-    def __init__(self, step_mode: str = "s", backend: str = "torch"):
+    def __init__(
+        self, step_mode: str = "s", backend: str = "torch", memory: str = "auto"
+    ):
         super().__init__()
         self._backend = "torch"
         self.step_mode = step_mode
         self.backend = backend
+        self.memory = memory
 
     # -- backend -------------------------------------------------------------------
     @property
@@ -79,6 +82,24 @@ class ParallelNeuron(MemoryModule):
 
     def supported_step_mode(self) -> Tuple[str, ...]:
         return ("s", "m")
+
+    # -- memory policy ---------------------------------------------------------------
+    @property
+    def memory(self) -> str:
+        """What the torch backend keeps for backward in multi-step mode.
+
+        ``"lean"``: only the input ``X`` (``H`` is recomputed, MPE-PSN's samples are
+        regenerated); ``"fast"``: also ``H`` (PSN family) or a 1-byte sample mask
+        (MPE-PSN), so backward does less work; ``"auto"`` (default): ``"fast"`` for
+        layers with fewer than 65,536 neurons per time step and for MPE-PSN,
+        ``"lean"`` otherwise. Values and gradients are identical under every
+        policy. The cupy backend always recomputes (it moves the fewest bytes).
+        """
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self._memory = check_memory(value)
 
     # -- state plumbing --------------------------------------------------------------
     def _states(self) -> States:
@@ -128,7 +149,9 @@ class ParallelNeuron(MemoryModule):
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"step_mode={self.step_mode}, backend={self.backend}"
+        return (
+            f"step_mode={self.step_mode}, backend={self.backend}, memory={self.memory}"
+        )
 
 
 # ----------------------------------------------------------------------------- PSN
@@ -153,6 +176,9 @@ class PSN(ParallelNeuron):
     :type step_mode: str
     :param backend: ``'torch'`` or ``'cupy'``
     :type backend: str
+    :param memory: the torch backend's memory policy, ``'lean'``, ``'fast'`` or
+        ``'auto'`` (see :attr:`ParallelNeuron.memory`)
+    :type memory: str
 
     Example::
 
@@ -168,8 +194,9 @@ class PSN(ParallelNeuron):
         surrogate_function: Optional[Callable] = None,
         step_mode: str = "m",
         backend: str = "torch",
+        memory: str = "auto",
     ):
-        super().__init__(step_mode, backend)
+        super().__init__(step_mode, backend, memory)
         self.T = _check_int("T", T)
         self.surrogate_function = (
             default_surrogate() if surrogate_function is None else surrogate_function
@@ -192,7 +219,12 @@ class PSN(ParallelNeuron):
         self, inputs: Outputs, states: States, **kwargs
     ) -> Tuple[Outputs, States]:
         spikes = F.psn_multi_step(
-            inputs[0], self.weight, self.bias, self.surrogate_function, self.backend
+            inputs[0],
+            self.weight,
+            self.bias,
+            self.surrogate_function,
+            self.backend,
+            self.memory,
         )
         return (spikes,), states
 
@@ -228,6 +260,8 @@ class MaskedPSN(ParallelNeuron):
     :param surrogate_function: SpikingJelly surrogate for the step's gradient
     :param step_mode: ``'s'`` or ``'m'``
     :param backend: ``'torch'`` or ``'cupy'``
+    :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
+        :attr:`ParallelNeuron.memory`)
 
     Example::
 
@@ -243,8 +277,9 @@ class MaskedPSN(ParallelNeuron):
         surrogate_function: Optional[Callable] = None,
         step_mode: str = "s",
         backend: str = "torch",
+        memory: str = "auto",
     ):
-        super().__init__(step_mode, backend)
+        super().__init__(step_mode, backend, memory)
         self.T = _check_int("T", T)
         self.k = _check_int("k", k)
         if k > T:
@@ -314,6 +349,8 @@ class MaskedPSN(ParallelNeuron):
             self.mask0,
             self.surrogate_function,
             self.backend,
+            self.memory,
+            self.mask1,
         )
         return (spikes,), states
 
@@ -358,6 +395,8 @@ class SlidingPSN(ParallelNeuron):
     :param surrogate_function: SpikingJelly surrogate for the step's gradient
     :param step_mode: ``'s'`` or ``'m'``
     :param backend: ``'torch'`` or ``'cupy'``
+    :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
+        :attr:`ParallelNeuron.memory`)
     """
 
     def __init__(
@@ -367,8 +406,9 @@ class SlidingPSN(ParallelNeuron):
         surrogate_function: Optional[Callable] = None,
         step_mode: str = "s",
         backend: str = "torch",
+        memory: str = "auto",
     ):
-        super().__init__(step_mode, backend)
+        super().__init__(step_mode, backend, memory)
         self.k = _check_int("k", k)
         self.register_memory("queue", [])
         self.surrogate_function = (
@@ -407,7 +447,12 @@ class SlidingPSN(ParallelNeuron):
         self, inputs: Outputs, states: States, **kwargs
     ) -> Tuple[Outputs, States]:
         spikes = F.sliding_psn_multi_step(
-            inputs[0], self.weight, self.bias, self.surrogate_function, self.backend
+            inputs[0],
+            self.weight,
+            self.bias,
+            self.surrogate_function,
+            self.backend,
+            self.memory,
         )
         return (spikes,), states
 
@@ -487,6 +532,8 @@ class MPEPSN(ParallelNeuron):
     :type estimate_from: str
     :param step_mode: ``'s'`` or ``'m'``
     :param backend: ``'torch'`` or ``'cupy'``
+    :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
+        :attr:`ParallelNeuron.memory`)
     :param sample_in_eval: keep Bernoulli sampling in eval mode
     :type sample_in_eval: bool
     :param mem_loss_weights: ``"linear"`` (the authors' ``coef``) or ``"softmax"``
@@ -505,8 +552,9 @@ class MPEPSN(ParallelNeuron):
         backend: str = "torch",
         sample_in_eval: bool = False,
         mem_loss_weights: str = "linear",
+        memory: str = "auto",
     ):
-        super().__init__(step_mode, backend)
+        super().__init__(step_mode, backend, memory)
         self.T = _check_int("T", T)
         self.tau = ref.check_tau(tau)
         if mem_loss_weights not in MEM_LOSS_WEIGHTS:
@@ -548,14 +596,19 @@ class MPEPSN(ParallelNeuron):
             return self.coef
         return torch.softmax(self.kappa_logit, 0)
 
-    def _step_weights(self, start: int, steps: int) -> torch.Tensor:
-        """Loss weight of each global step ``start .. start + steps - 1``, divided by
-        the number of pairs (the current wiring has no pair at step 0)."""
+    def _weighted_loss(self, start: int, mse: torch.Tensor) -> torch.Tensor:
+        """``(1/n) sum kappa_i mse_t`` over the pairs of global steps ``start ..``
+        (the current wiring's pair at step ``t >= 1`` uses weight ``t - 1``)."""
         kappa = self.kappa
         n = kappa.shape[0]
+        steps = mse.shape[0]
         if self.estimate_from == "current":
-            kappa = torch.cat([kappa.new_zeros(1), kappa])
-        return kappa[start : start + steps] / max(n, 1)
+            first = max(start, 1)  # no pair at the very first step
+            kappa = kappa[first - 1 : start + steps - 1]
+            mse = mse[first - start :]
+        else:
+            kappa = kappa[start : start + steps]
+        return torch.dot(kappa, mse.to(kappa.dtype)) / max(n, 1)
 
     @property
     def stochastic(self) -> bool:
@@ -592,10 +645,10 @@ class MPEPSN(ParallelNeuron):
             u0=u if isinstance(u, torch.Tensor) else None,
             need_mse=need_mse,
             backend=backend,
+            memory=self.memory,
         )
         if need_mse:
-            w = self._step_weights(time_step, steps)
-            mem_loss = mem_loss + (w * mse.to(w.dtype)).sum()
+            mem_loss = mem_loss + self._weighted_loss(time_step, mse)
         return spikes, (time_step + steps, seed, u_hat_last, u_last, mem_loss)
 
     def single_step_functional_forward(

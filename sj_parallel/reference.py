@@ -51,17 +51,20 @@ Counter-based Bernoulli samples
 -------------------------------
 The Bernoulli draws come from a stateless hash of ``(seed, global index)`` so that
 the torch path, the CUDA kernels, single-step and multi-step modes all draw the
-very same samples, and backward regenerates them instead of storing a mask.
+very same samples, and backward can regenerate them instead of storing a mask.
 ``index = (t0 + t) * M + m``; with the ``lowbias32`` mixer
 
 .. code-block:: text
 
     mix32(x): x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16
-    a = mix32(lo32(index) + seed_lo);  r = mix32(a ^ (hi32(index) + seed_hi))
+    key = mix32(seed_lo ^ mix32(seed_hi + hi32(index)))  # one per sequence
+    r = mix32(lo32(index) ^ key)
     u = (r >> 8) * 2**-24            # uniform in [0, 1)
     b = u < sigmoid(I)
 
-all arithmetic modulo 2**32. ``sj_parallel/cuda/common.cuh`` implements the same.
+all arithmetic modulo 2**32. The key folds the 64-bit seed (and the index's high
+word, 0 below 2**32 elements) into one word, so each sample costs one ``mix32``.
+``sj_parallel/cuda/common.cuh`` implements the same.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -82,8 +86,11 @@ __all__ = [
     "sliding_psn",
     "sliding_psn_step",
     "mix32",
+    "mix32_int",
+    "hash_key",
     "hash_uniform",
     "mpe_bernoulli",
+    "mpe_bernoulli_mask",
     "mpe_estimate",
     "mpe_psn",
     "MPE_WIRINGS",
@@ -134,11 +141,11 @@ def masked_weight(
     mask1: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r""":math:`W \odot (\lambda M_k + (1 - \lambda) J)`; ``W ⊙ M_k`` at λ >= 1."""
-    # No branch on λ: at λ = 1 the blend is exactly M_k (1·M_k + 0·J), and a
-    # data-dependent branch would break torch.compile graphs.
+    # One lerp, no branch on λ: lerp(J, M_k, λ) is exactly M_k at λ = 1 and J at
+    # λ = 0, and a data-dependent branch would break torch.compile graphs.
     if mask1 is None:
         mask1 = torch.ones_like(mask0)
-    return weight * (lambda_ * mask0 + (1.0 - lambda_) * mask1)
+    return weight * torch.lerp(mask1, mask0, lambda_)
 
 
 def masked_psn(
@@ -202,26 +209,59 @@ def _i32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """The ``lowbias32`` mixer on int32 tensors (bit patterns of uint32 values).
+_MIX_STEPS = ((16, 0xFFFF, 0x7FEB352D), (15, 0x1FFFF, 0x846CA68B), (16, 0xFFFF, None))
+
+
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``lowbias32`` in place on int32 ``x`` (``tmp``: scratch of the same shape).
 
     int32 multiplication wraps modulo 2**32, which is uint32 multiplication on the
     same bits; right shifts are made logical by masking the sign extension.
     """
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _i32(0x7FEB352D)
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _i32(0x846CA68B)
-    x = x ^ ((x >> 16) & 0xFFFF)
+    for shift, mask, mult in _MIX_STEPS:
+        torch.bitwise_right_shift(x, shift, out=tmp).bitwise_and_(mask)
+        x.bitwise_xor_(tmp)
+        if mult is not None:
+            x.mul_(_i32(mult))
     return x
 
 
-def _uniform_from_words(
-    seed: Tuple[int, int], lo: torch.Tensor, hi, dtype: torch.dtype
-) -> torch.Tensor:
-    a = mix32(lo + _i32(seed[0]))
-    r = mix32(a ^ (hi + _i32(seed[1])))
-    return ((r >> 8) & 0xFFFFFF).to(dtype) * (1.0 / 16777216.0)
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """The ``lowbias32`` mixer on int32 tensors (bit patterns of uint32 values)."""
+    return _mix32_(x.clone(), torch.empty_like(x))
+
+
+def mix32_int(v: int) -> int:
+    """``lowbias32`` on a Python int (uint32 arithmetic)."""
+    v &= _MASK32
+    v ^= v >> 16
+    v = (v * 0x7FEB352D) & _MASK32
+    v ^= v >> 15
+    v = (v * 0x846CA68B) & _MASK32
+    v ^= v >> 16
+    return v
+
+
+def hash_key(seed: Tuple[int, int], hi: int = 0) -> int:
+    """The per-sequence key ``mix32(seed_lo ^ mix32(seed_hi + hi))`` (uint32)."""
+    return mix32_int((seed[0] & _MASK32) ^ mix32_int(seed[1] + hi))
+
+
+def _hash24_(seed: Tuple[int, int], lo: torch.Tensor, hi) -> torch.Tensor:
+    """The top 24 bits of the counter hash, as int32; ``lo`` is consumed (in place).
+
+    ``hi`` is the high index word: a Python int (the same for every element) or an
+    int32 tensor.
+    """
+    tmp = torch.empty_like(lo)
+    if isinstance(hi, torch.Tensor):  # past 2**32 elements: a key per element
+        key = _mix32_(hi.add(_i32(seed[1])), tmp)
+        key.bitwise_xor_(_i32(seed[0]))
+        lo.bitwise_xor_(_mix32_(key, tmp))
+    else:
+        lo.bitwise_xor_(_i32(hash_key(seed, hi)))
+    _mix32_(lo, tmp)
+    return lo.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
 
 
 def hash_uniform(
@@ -230,30 +270,108 @@ def hash_uniform(
     """Uniform [0, 1) numbers from ``(seed, index)``, ``index`` an int64 tensor."""
     lo = (index & _MASK32).to(torch.int32)
     hi = (index >> 32).to(torch.int32)
-    return _uniform_from_words(seed, lo, hi, dtype)
+    return _hash24_(seed, lo, hi).to(dtype) * (1.0 / 16777216.0)
+
+
+_NP_K1, _NP_K2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
+
+
+def _use_numpy(device) -> bool:
+    """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)."""
+    if torch.device(device).type != "cpu":
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and compiler.is_compiling())
+
+
+def _np_hash24_rows(key: int, t0: int, steps: int, M: int, c0: int, c1: int):
+    """The CPU path of :func:`_hash24_rows` for indices below 2**32 (hi word 0), in
+    numpy uint32 arithmetic: the same bits with a fraction of torch's per-op cost."""
+    if c0 == 0 and c1 == M:
+        lo = np.arange(t0 * M, (t0 + steps) * M, dtype=np.uint32)
+    else:
+        rows = np.arange(t0, t0 + steps, dtype=np.uint32) * np.uint32(M)
+        lo = rows[:, None] + np.arange(c0, c1, dtype=np.uint32)[None, :]
+    lo ^= np.uint32(key)
+    tmp = np.empty_like(lo)
+    for shift, mult in ((16, _NP_K1), (15, _NP_K2), (16, None)):
+        np.right_shift(lo, shift, out=tmp)
+        lo ^= tmp
+        if mult is not None:
+            lo *= mult
+    lo >>= 8
+    return torch.from_numpy(lo.view(np.int32)).view(steps, c1 - c0)
+
+
+def _hash24_rows(
+    seed: Tuple[int, int], t0: int, steps: int, M: int, c0: int, c1: int, device
+) -> torch.Tensor:
+    """``[steps, c1 - c0]`` hash bits (int32) of the global indices
+    ``(t0 + t) * M + m``, ``c0 <= m < c1``."""
+    width = c1 - c0
+    stop = (t0 + steps) * M
+    if _use_numpy(device) and stop <= 2**32:
+        return _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c1)
+    if stop <= 2**31:  # every index fits in 31 bits: int32, hi word 0
+        if width == M:  # whole rows: one int32 range
+            lo = torch.arange(t0 * M, stop, device=device, dtype=torch.int32)
+            return _hash24_(seed, lo, 0).view(steps, width)
+        rows = torch.arange(t0, t0 + steps, device=device, dtype=torch.int32) * M
+        cols = torch.arange(c0, c1, device=device, dtype=torch.int32)
+        lo = rows.unsqueeze(1) + cols
+        return _hash24_(seed, lo, 0)
+    rows = torch.arange(t0, t0 + steps, device=device, dtype=torch.int64) * M
+    index = rows.unsqueeze(1) + torch.arange(c0, c1, device=device, dtype=torch.int64)
+    lo = (index & _MASK32).to(torch.int32)
+    hi = (index >> 32).to(torch.int32)
+    return _hash24_(seed, lo, hi)
 
 
 def mpe_bernoulli(
-    x: torch.Tensor, seed: Tuple[int, int], t0: int = 0, *, M: Optional[int] = None
+    x: torch.Tensor,
+    seed: Tuple[int, int],
+    t0: int = 0,
+    *,
+    M: Optional[int] = None,
+    c0: int = 0,
+    dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """Bernoulli(sigmoid(x)) samples (0/1 in ``x``'s dtype) from the counter hash.
+    """Bernoulli(sigmoid(x)) samples, 0/1 in ``dtype`` (default ``x``'s dtype), from
+    the counter hash.
 
-    ``x`` is ``[T, M]`` (or ``[M]`` for one step); sample ``(t, m)`` uses the global
-    index ``(t0 + t) * M + m``.
+    ``x`` is ``[T, W]`` (or ``[W]`` for one step): columns ``c0 .. c0 + W - 1`` of a
+    layer of ``M`` neurons (default ``M = W``, ``c0 = 0``). Sample ``(t, m)`` uses the
+    global index ``(t0 + t) * M + m`` and is ``u < sigmoid(x)`` with
+    ``u = (r >> 8) 2^-24``, computed as the exact equivalent
+    ``(r >> 8) < sigmoid(x) 2^24`` in float32.
     """
+    width = x.shape[-1]
     if M is None:
-        M = x.shape[-1]
+        M = width
     steps = x.shape[0] if x.dim() == 2 else 1
-    if (t0 + steps) * M < 2**31:  # all indices fit in 31 bits: hi word is 0
-        rows = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int32) * M
-        lo = rows.unsqueeze(1) + torch.arange(M, device=x.device, dtype=torch.int32)
-        u = _uniform_from_words(seed, lo, 0, torch.float32)
-    else:
-        t = torch.arange(t0, t0 + steps, device=x.device, dtype=torch.int64)
-        m = torch.arange(M, device=x.device, dtype=torch.int64)
-        u = hash_uniform(seed, t.unsqueeze(1) * M + m.unsqueeze(0), torch.float32)
+    dtype = x.dtype if dtype is None else dtype
+    r24 = _hash24_rows(seed, t0, steps, M, c0, c0 + width, x.device)
     p = torch.sigmoid(x.detach().float())
-    return (u.reshape(x.shape) < p).to(x.dtype)
+    if _use_numpy(r24.device):  # numpy: the same values at a fraction of the cost
+        pn = p.numpy().reshape(steps, width)
+        pn *= np.float32(16777216.0)
+        b = np.less(r24.numpy().astype(np.float32), pn, out=pn)
+        b = torch.from_numpy(b).view(x.shape)
+    else:
+        b = torch.lt(r24.view(x.shape).to(torch.float32), p.mul_(16777216.0), out=p)
+    return b if dtype == torch.float32 else b.to(dtype)
+
+
+def mpe_bernoulli_mask(
+    x: torch.Tensor,
+    seed: Tuple[int, int],
+    t0: int = 0,
+    *,
+    M: Optional[int] = None,
+    c0: int = 0,
+) -> torch.Tensor:
+    """The samples of :func:`mpe_bernoulli` as a bool tensor."""
+    return mpe_bernoulli(x, seed, t0, M=M, c0=c0, dtype=torch.float32) != 0
 
 
 def mpe_estimate(
@@ -272,6 +390,11 @@ def mpe_estimate(
             raise ValueError("a stochastic MPE estimate needs a seed")
         return (1.0 - mpe_bernoulli(x, seed, t0)) * x
     return (1.0 - torch.sigmoid(x)) * x
+
+
+def _mean_sq(e: torch.Tensor) -> torch.Tensor:
+    """``mean(e^2)``, 0 for an empty layer (no estimation error to average)."""
+    return (e**2).mean() if e.numel() else e.new_zeros(())
 
 
 def mpe_psn(
@@ -313,11 +436,11 @@ def mpe_psn(
         o = surrogate_function(h - v_threshold)
         u = (1.0 - o) * h  # the spike is not detached (the authors' loss)
         if estimate_from == "previous":
-            mses.append(((est - u) ** 2).mean())
+            mses.append(_mean_sq(est - u))
         elif t0 + t == 0:
             mses.append(x.new_zeros(()))
         else:
-            mses.append(((est - target_fn) ** 2).mean())
+            mses.append(_mean_sq(est - target_fn))
         spikes.append(o)
         u_hat_prev = u_hat[t]
         u_prev = u
@@ -325,13 +448,16 @@ def mpe_psn(
 
 
 def check_tau(tau: float) -> float:
-    """Validate MPE-PSN's decay multiplier (a finite float)."""
+    """Validate MPE-PSN's decay multiplier (a finite float >= 0)."""
     try:
         tau = float(tau)
     except (TypeError, ValueError):
         raise TypeError(
             f"tau must be a real number, got {type(tau).__name__} {tau!r}"
         ) from None
-    if not math.isfinite(tau):
-        raise ValueError(f"tau must be a finite number, got {tau}")
+    if not math.isfinite(tau) or tau < 0:
+        raise ValueError(
+            f"tau must be a finite, non-negative decay multiplier (default 0.25), "
+            f"got {tau}"
+        )
     return tau

@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 
 from .backends import check_backend_available, check_backend_name
+from .backends.torch_backend import check_memory
 from .neuron import MPEPSN, ParallelNeuron
 
-__all__ = ["set_backend", "membrane_loss", "masked_psn_lambda"]
+__all__ = ["set_backend", "set_memory", "membrane_loss", "masked_psn_lambda"]
 
 
 def set_backend(net: nn.Module, backend: str) -> List[str]:
@@ -31,6 +32,28 @@ def set_backend(net: nn.Module, backend: str) -> List[str]:
     for name, m in net.named_modules():
         if isinstance(m, ParallelNeuron):
             m.backend = backend
+            names.append(name)
+    return names
+
+
+def set_memory(net: nn.Module, memory: str) -> List[str]:
+    """Set the torch backend's memory policy on every sj_parallel neuron in ``net``.
+
+    ``"lean"`` keeps only each neuron's input for backward, ``"fast"`` also what
+    makes backward cheapest (``H`` for the PSN family, a 1-byte sample mask for
+    MPE-PSN), ``"auto"`` picks per layer by size (see
+    :attr:`sj_parallel.ParallelNeuron.memory`). Values and gradients do not change.
+
+    :param net: any ``nn.Module``
+    :param memory: ``'lean'``, ``'fast'`` or ``'auto'``
+    :return: the names of the modules that were set
+    :raises ValueError: unknown policy
+    """
+    check_memory(memory)
+    names = []
+    for name, m in net.named_modules():
+        if isinstance(m, ParallelNeuron):
+            m.memory = memory
             names.append(name)
     return names
 

@@ -73,13 +73,17 @@ def _mix32(x: np.ndarray) -> np.ndarray:
 
 
 def hash_uniform(seed, index: np.ndarray) -> np.ndarray:
-    """The documented counter hash in numpy uint32 arithmetic (wrapping is defined)."""
+    """The documented counter hash in numpy uint32 arithmetic (wrapping is defined):
+    key = mix32(seed_lo ^ mix32(seed_hi + hi)), r = mix32(lo ^ key)."""
     index = index.astype(np.uint64)
     lo = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (index >> np.uint64(32)).astype(np.uint32)
     with np.errstate(over="ignore"):
-        a = _mix32(lo + np.uint32(seed[0] & 0xFFFFFFFF))
-        r = _mix32(a ^ (hi + np.uint32(seed[1] & 0xFFFFFFFF)))
+        key = _mix32(
+            np.uint32(seed[0] & 0xFFFFFFFF)
+            ^ _mix32(hi + np.uint32(seed[1] & 0xFFFFFFFF))
+        )
+        r = _mix32(lo ^ key)
     return (r >> np.uint32(8)).astype(np.float64) * 2.0**-24
 
 

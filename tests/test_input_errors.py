@@ -121,7 +121,7 @@ def test_psn_single_step_raises():
 def test_mpe_errors():
     with pytest.raises(ValueError, match="estimate_from must be one of"):
         sjp.MPEPSN(4, estimate_from="next")
-    with pytest.raises(ValueError, match="tau must be a finite number"):
+    with pytest.raises(ValueError, match="tau must be a finite, non-negative"):
         sjp.MPEPSN(4, tau=float("inf"))
     m = sjp.MPEPSN(4, step_mode="m")
     with pytest.raises(ValueError, match=r"MPEPSN\(T=4\) got 6 time steps in training"):

@@ -324,7 +324,7 @@ def test_memory_kept_for_backward_vs_spikingjelly():
     x = torch.randn(T, N, requires_grad=True)
     x_bytes = x.numel() * 4
     sj = _compat.SJ_PSN(T)
-    ours = sjp.PSN(T)
+    ours = sjp.PSN(T, memory="lean")  # "fast" keeps H too (tests/test_memory_policy)
     sj_b, _ = _saved_bytes(lambda: sj(x))
     our_b, _ = _saved_bytes(lambda: ours(x))
     assert sj_b >= 2 * x_bytes  # X and H (plus the surrogate's input)
@@ -332,13 +332,13 @@ def test_memory_kept_for_backward_vs_spikingjelly():
     assert our_b <= 0.6 * sj_b
     sjs = _compat.SJ_SLIDING_PSN(3, step_mode="m")
     s_b, _ = _saved_bytes(lambda: sjs(x))
-    o_b, _ = _saved_bytes(lambda: sjp.SlidingPSN(3, step_mode="m")(x))
+    o_b, _ = _saved_bytes(lambda: sjp.SlidingPSN(3, step_mode="m", memory="lean")(x))
     # X plus the [T, T] Toeplitz gather (int64 indices, mask, matrix)
     assert o_b <= x_bytes + 24 * T * T + 256 and o_b <= 0.6 * s_b
     sjm = _compat.SJ_MASKED_PSN(3, T, lambda_init=0.5, step_mode="m")
     m_sj, _ = _saved_bytes(lambda: sjm(x))
     m_our, _ = _saved_bytes(
-        lambda: sjp.MaskedPSN(3, T, lambda_init=0.5, step_mode="m")(x)
+        lambda: sjp.MaskedPSN(3, T, lambda_init=0.5, step_mode="m", memory="lean")(x)
     )
     # X plus a few [T, T] matrices of the mask blend
     assert m_our <= x_bytes + 4 * 4 * T * T + 256 and m_our <= 0.6 * m_sj
@@ -350,9 +350,10 @@ def test_memory_kept_for_backward_mpe_and_lif():
     x_bytes = x.numel() * 4
     for wiring in ("previous", "current"):
         for train in (True, False):
-            m = sjp.MPEPSN(T, estimate_from=wiring, step_mode="m").train(train)
+            m = sjp.MPEPSN(T, estimate_from=wiring, step_mode="m", memory="lean")
+            m.train(train)
             b, _ = _saved_bytes(lambda m=m: m(x))
-            # only X (no sample mask, no H), plus scalars and the [T] kappa
+            # only X (no sample mask, no H), plus scalars and the [T] weights
             assert x_bytes <= b <= x_bytes + 16 * T + 128
     # plain autograd through the reference keeps about four [T, N] tensors
     rb, _ = _saved_bytes(

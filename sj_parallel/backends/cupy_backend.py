@@ -129,9 +129,16 @@ psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
 
 
 def psn(
-    x: Tensor, weight: Tensor, bias: Tensor, surrogate_function: Surrogate
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    surrogate_function: Surrogate,
+    memory: str = "lean",
 ) -> Tensor:
-    """Dense PSN (and masked PSN with its masked weight) on CUDA ``x`` ``[T, M]``."""
+    """Dense PSN (and masked PSN with its masked weight) on CUDA ``x`` ``[T, M]``.
+
+    ``memory`` is accepted for the torch backend's signature: the kernels always
+    keep only ``X`` and recompute ``H`` in backward."""
     x = _check(x, "PSN")
     T = x.shape[0]
     if T > C.PSN_MAX_T:
@@ -231,9 +238,14 @@ sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
 
 
 def sliding_psn(
-    x: Tensor, weight: Tensor, bias: Tensor, surrogate_function: Surrogate
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    surrogate_function: Surrogate,
+    memory: str = "lean",
 ) -> Tensor:
-    """Banded sliding PSN on CUDA ``x`` ``[T, M]``, any ``T``, ``k <= 64``."""
+    """Banded sliding PSN on CUDA ``x`` ``[T, M]``, any ``T``, ``k <= 64``
+    (``memory`` is ignored: the kernels keep only ``X``)."""
     x = _check(x, "SlidingPSN")
     k = weight.shape[0]
     if k > C.SLIDING_MAX_K:
@@ -418,8 +430,10 @@ def mpe_psn(
     u_hat0: Optional[Tensor],
     u0: Optional[Tensor],
     need_mse: bool,
+    memory: str = "lean",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MPE-PSN on CUDA ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`.
+    """MPE-PSN on CUDA ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`
+    (``memory`` is ignored: the kernels keep only ``X`` and regenerate the samples).
 
     Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``.
     """

@@ -95,7 +95,7 @@ __device__ __forceinline__ float sjp_heaviside(float x) { return x >= 0.0f ? 1.0
 
 // -------------------------------------------------------------- counter hash
 // The same stateless generator as sj_parallel/reference.py (lowbias32 mixer):
-//   a = mix32(lo32(index) + seed_lo); r = mix32(a ^ (hi32(index) + seed_hi))
+//   key = mix32(seed_lo ^ mix32(seed_hi + hi32(index)));  r = mix32(lo32(index) ^ key)
 //   u = (r >> 8) * 2^-24 in [0, 1)
 __device__ __forceinline__ unsigned int sjp_mix32(unsigned int x) {
   x ^= x >> 16;
@@ -106,13 +106,18 @@ __device__ __forceinline__ unsigned int sjp_mix32(unsigned int x) {
   return x;
 }
 
+__device__ __forceinline__ unsigned int sjp_hash_key(unsigned int seed_lo,
+                                                     unsigned int seed_hi,
+                                                     unsigned int hi) {
+  return sjp_mix32(seed_lo ^ sjp_mix32(seed_hi + hi));
+}
+
 __device__ __forceinline__ float sjp_hash_uniform(unsigned int seed_lo,
                                                   unsigned int seed_hi,
                                                   unsigned long long index) {
   const unsigned int lo = (unsigned int)(index & 0xffffffffull);
   const unsigned int hi = (unsigned int)(index >> 32);
-  const unsigned int a = sjp_mix32(lo + seed_lo);
-  const unsigned int r = sjp_mix32(a ^ (hi + seed_hi));
+  const unsigned int r = sjp_mix32(lo ^ sjp_hash_key(seed_lo, seed_hi, hi));
   return (float)(r >> 8) * 5.9604644775390625e-08f;  // 2^-24
 }
 
