@@ -214,9 +214,10 @@ def compile_kernels(
     :param representative: compile the representative set of compile-time
         constants only (the smallest, a typical and the largest)
     :type representative: bool
-    :return: ``{"arch", "nvrtc", "include", "ok", "seconds", "variants", "error"}``;
-        each variant ``{"file", "dtype", "const", "ok", "kernels", "seconds",
-        "log"}``
+    :return: ``{"arch", "nvrtc", "include", "ok", "seconds", "variants", "error",
+        "fix"}`` (``error``/``fix`` when nothing could be compiled: NVRTC missing, an
+        arch it does not support, no CUDA headers); each variant ``{"file", "dtype",
+        "const", "ok", "kernels", "seconds", "log"}``
     :rtype: Dict[str, Any]
     """
     from .backends import _cuda as C
@@ -229,19 +230,25 @@ def compile_kernels(
         "seconds": 0.0,
         "variants": [],
         "error": None,
+        "fix": None,
     }
     start = time.perf_counter()
     if nvrtc is None:
         nvrtc, e = _nvrtc()
         if nvrtc is None:
             out["error"] = f"NVRTC could not be loaded: {_err(e)}"
+            out["fix"] = NVRTC_FIX
             return out
     major, minor = nvrtc.getVersion()
     out["nvrtc"] = f"{major}.{minor}"
+    bad_arch = _arch_problem(nvrtc, str(arch))
+    if bad_arch is not None:
+        out["error"], out["fix"] = bad_arch
+        return out
     try:
         include = C.include_options(major)
     except RuntimeError as e:
-        out["error"] = str(e)
+        out["error"], out["fix"] = str(e), HEADERS_FIX
         return out
     out["include"] = include[0][2:]
     arch_opt = (f"--gpu-architecture=compute_{arch}",)
@@ -382,6 +389,33 @@ def compare_backends(
 
 
 # --------------------------------------------------------------------------- main
+def _arch_problem(nvrtc: Any, arch: str, what: str = "") -> Optional[Tuple[str, str]]:
+    """``(reason, fix)`` when ``nvrtc`` cannot compile for ``arch``, else ``None``."""
+    try:
+        supported = tuple(int(a) for a in nvrtc.getSupportedArchs())
+    except Exception:  # an NVRTC without the query: let the compile say
+        return None
+    if not supported or int(arch) in supported:
+        return None
+    major, minor = nvrtc.getVersion()
+    if int(arch) < min(supported):
+        fix = (
+            f"NVRTC {major} has dropped sm_{arch}: use CUDA 12 (`pip install "
+            "cupy-cuda12x nvidia-cuda-nvrtc-cu12`, and a CUDA 12 build of torch)"
+        )
+    else:
+        fix = (
+            "this NVRTC is older than the GPU: upgrade CuPy and NVRTC "
+            "(e.g. `pip install -U cupy-cuda12x nvidia-cuda-nvrtc-cu12`)"
+        )
+    target = f"{what} (sm_{arch})" if what else f"sm_{arch}"
+    reason = (
+        f"NVRTC {major}.{minor} cannot compile for {target}; it supports "
+        f"sm_{', sm_'.join(map(str, supported))}"
+    )
+    return reason, fix
+
+
 def _cupy_prerequisites(
     gpus: List[Dict[str, Any]], gpu_reason: Optional[str], nvrtc: Any, nvrtc_err: Any
 ) -> Tuple[Optional[str], Optional[str], bool]:
@@ -421,31 +455,10 @@ def _cupy_prerequisites(
             NVRTC_FIX,
             True,
         )
-    try:
-        supported = tuple(int(a) for a in nvrtc.getSupportedArchs())
-    except Exception:  # older NVRTC without the query
-        supported = ()
-    major = nvrtc.getVersion()[0]
     for gpu in gpus:
-        arch = int(gpu["arch"])
-        if supported and arch not in supported:
-            if arch < min(supported):
-                fix = (
-                    f"NVRTC {major} has dropped sm_{arch}: use CUDA 12 "
-                    "(`pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12`, and a "
-                    "CUDA 12 build of torch)"
-                )
-            else:
-                fix = (
-                    "this NVRTC is older than the GPU: upgrade CuPy and NVRTC "
-                    "(e.g. `pip install -U cupy-cuda12x nvidia-cuda-nvrtc-cu12`)"
-                )
-            return (
-                f"NVRTC {major} cannot compile for {gpu['name']} (sm_{arch}); "
-                f"it supports sm_{', sm_'.join(map(str, supported))}",
-                fix,
-                True,
-            )
+        problem = _arch_problem(nvrtc, gpu["arch"], gpu["name"])
+        if problem is not None:
+            return problem[0], problem[1], True
     return None, None, False
 
 
@@ -557,12 +570,10 @@ def doctor(
         report["compile"] = [r for r in results if r is not None]
         for r in report["compile"]:
             if r["error"] and not no_headers:
-                problem(
-                    f"the kernels could not be compiled: {r['error']}",
-                    NVRTC_FIX,
-                    "cupy",
-                    malfunction=B.cupy_available(),
-                )
+                what = f"the kernels could not be compiled: {r['error']}"
+                problem(what, r["fix"], "cupy", malfunction=B.cupy_available())
+                if reason is None:
+                    reason, fix = what, r["fix"]
             failed = [v for v in r["variants"] if not v["ok"]]
             if failed:
                 v = failed[0]

@@ -473,13 +473,46 @@ def test_gpu_prerequisites_driver_and_arch(monkeypatch):
 
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     reason, fix, broken = D._cupy_prerequisites([FAKE_GPU], None, FakeNVRTC(), None)
-    assert "NVRTC 13 cannot compile for Fake GPU (sm_70)" in reason and broken
+    assert "NVRTC 13.0 cannot compile for Fake GPU (sm_70)" in reason and broken
     assert "dropped sm_70" in fix and "nvidia-cuda-nvrtc-cu12" in fix
     new = dict(FAKE_GPU, arch="130", name="Future GPU")
     reason, fix, _ = D._cupy_prerequisites([new], None, FakeNVRTC(), None)
     assert "sm_130" in reason and "older than the GPU" in fix
     ok = dict(FAKE_GPU, arch="90")
     assert D._cupy_prerequisites([ok], None, FakeNVRTC(), None) == (None, None, False)
+
+
+def test_compile_for_an_arch_nvrtc_lacks():
+    class FakeNVRTC:
+        def getVersion(self):
+            return (13, 0)
+
+        def getSupportedArchs(self):
+            return (75, 80, 90)
+
+        def createProgram(self, *args):  # pragma: no cover - must not be reached
+            raise AssertionError("compiled for an unsupported arch")
+
+    out = D.compile_kernels("70", FakeNVRTC())
+    assert not out["ok"] and out["variants"] == []
+    assert out["error"] == (
+        "NVRTC 13.0 cannot compile for sm_70; it supports sm_75, sm_80, sm_90"
+    )
+    assert "dropped sm_70" in out["fix"] and "nvidia-cuda-nvrtc-cu12" in out["fix"]
+
+
+@pytest.mark.skipif(not NVRTC, reason="needs CuPy's NVRTC")
+def test_doctor_arch_option_reports_unsupported_arch(monkeypatch):
+    from cupy_backends.cuda.libs import nvrtc
+
+    supported = tuple(int(a) for a in nvrtc.getSupportedArchs())
+    arch = "70" if 70 not in supported else None
+    if arch is None:
+        pytest.skip("this NVRTC compiles for sm_70")
+    report = sjp.doctor(arch=arch, run_ops=False)
+    (c,) = report["compile"]
+    assert "cannot compile for sm_70" in c["error"]
+    assert any("dropped sm_70" in p["fix"] for p in report["problems"])
 
 
 def test_torch_kernel_check():
