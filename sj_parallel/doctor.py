@@ -109,14 +109,9 @@ def _versions(nvrtc: Any, nvrtc_error: Optional[BaseException]) -> Dict[str, Any
         "cupy_cuda_runtime": None,
         "cuda_driver": None,
         "nvrtc": None,
+        "nvrtc_error": None,
         "cuda_headers": [],
     }
-    try:
-        import numpy
-
-        v["numpy"] = numpy.__version__
-    except Exception:  # reported by the NumPy version staying as installed
-        pass
     try:
         v["cupy_packages"] = [
             f"{name}=={_dist_version(name)}" for name in B.cupy_distributions()
@@ -141,7 +136,7 @@ def _versions(nvrtc: Any, nvrtc_error: Optional[BaseException]) -> Dict[str, Any
         major, minor = nvrtc.getVersion()
         v["nvrtc"] = f"{major}.{minor}"
     elif nvrtc_error is not None:
-        v["nvrtc"] = None
+        v["nvrtc_error"] = _err(nvrtc_error)
     from .backends import _cuda as C
 
     v["cuda_headers"] = [
@@ -568,11 +563,16 @@ def doctor(
             for a in archs
         ]
         report["compile"] = [r for r in results if r is not None]
+        present = {g["arch"] for g in gpus}
         for r in report["compile"]:
+            # an --arch other than the GPUs' does not decide whether 'cupy' runs here
+            decides = arch is None or r["arch"] in present
             if r["error"] and not no_headers:
                 what = f"the kernels could not be compiled: {r['error']}"
-                problem(what, r["fix"], "cupy", malfunction=B.cupy_available())
-                if reason is None:
+                broken_here = decides and B.cupy_available()
+                about = "cupy" if decides else f"sm_{r['arch']}"
+                problem(what, r["fix"], about, malfunction=broken_here)
+                if reason is None and decides:
                     reason, fix = what, r["fix"]
             failed = [v for v in r["variants"] if not v["ok"]]
             if failed:
@@ -589,7 +589,7 @@ def doctor(
                     "`python -m sj_parallel doctor --json`"
                 )
                 problem(what, compile_fix, "cupy", malfunction=True)
-                if reason is None:
+                if reason is None and decides:
                     reason, fix = what, compile_fix
     else:
         report["compile"] = []
@@ -607,7 +607,10 @@ def doctor(
         rows = guarded("GPU op", lambda: compare_backends("cuda", "cupy"), [])
         report["ops"] = {"ran": bool(rows), "reason": None, "results": rows}
         bad = [r for r in rows if not r.get("ok")]
-        if bad:
+        if not rows:
+            reason = "the check of the ops on the GPU failed (see the problems)"
+            fix = "see the problems"
+        elif bad:
             r = bad[0]
             detail = r.get("error") or (
                 f"spike mismatch {r['spike_mismatch']:.2e}, input-gradient "
@@ -656,7 +659,7 @@ def format_report(report: Dict[str, Any]) -> str:
     else:
         row("cupy", "does not import (see below)")
     row("cupy wheels", ", ".join(v.get("cupy_packages") or []) or "none")
-    row("nvrtc", v.get("nvrtc") or "not loaded")
+    row("nvrtc", v.get("nvrtc") or f"not loaded ({v.get('nvrtc_error')})")
     headers = v.get("cuda_headers") or []
     if not headers:
         row("cuda headers", "not found")

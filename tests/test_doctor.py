@@ -448,6 +448,39 @@ def test_gpu_branch_with_faked_gpu(monkeypatch, capsys):
     )
 
 
+def test_gpu_branch_other_arch_and_crash(monkeypatch):
+    """``--arch`` for another GPU reports, but does not decide whether 'cupy' runs
+    here; a crashing GPU check is reported and 'cupy' is not claimed to work."""
+
+    class FakeNVRTC:
+        def getVersion(self):
+            return (13, 0)
+
+        def getSupportedArchs(self):
+            return (75, 80, 90)
+
+    gpu = dict(FAKE_GPU, arch="90", compute_capability="9.0")
+    monkeypatch.setattr(D, "_gpus", lambda: ([gpu], None))
+    monkeypatch.setattr(D, "_nvrtc", lambda: (FakeNVRTC(), None))
+    monkeypatch.setattr(D, "_cupy_prerequisites", lambda *a: (None, None, False))
+    rows = [{"op": op, "ok": True} for op in D._cases()]
+    monkeypatch.setattr(D, "compare_backends", lambda device, backend: rows)
+    report = sjp.doctor(backend="cupy", arch="70")
+    assert report["backends"]["cupy"]["ok"]
+    (p,) = report["problems"]
+    assert p["severity"] == "warning" and "cannot compile for sm_70" in p["what"]
+    assert "dropped sm_70" in p["fix"]
+
+    def crash(device, backend):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(D, "compare_backends", crash)
+    report = sjp.doctor(nvrtc_compile=False)
+    assert not report["backends"]["cupy"]["ok"] and not report["ops"]["ran"]
+    assert "illegal memory access" in report["problems"][0]["what"]
+    assert report["problems"][0]["severity"] == "error"
+
+
 @pytest.mark.skipif(not backends.cupy_available(), reason="needs CuPy")
 def test_gpu_prerequisites_driver_and_arch(monkeypatch):
     """With a GPU, CuPy's runtime errors and NVRTC's arch list are checked."""
