@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install sj_parallel for development into the active Python environment:
 #   torch + torchvision, SpikingJelly (2.0.0 by default, or SJ_VERSION=0.0.0.0.14),
-#   the package in editable mode with its dev and example extras.
+#   the package in editable mode with its dev, example and docs extras.
 #
 # SpikingJelly 2.0.0 hard-requires torchaudio, whose wheels pin one exact torch
 # build; `import spikingjelly.datasets` only needs torchaudio to import, so we install
@@ -26,7 +26,7 @@ pip_q $TORCH_SPEC
 pip_q --no-deps $TORCHAUDIO_SPEC
 pip_q -r scripts/requirements-spikingjelly.txt
 pip_q --no-deps "spikingjelly==${SJ_VERSION}"
-pip_q -e ".[dev,example]"
+pip_q -e ".[dev,example,docs]"
 # NVRTC 12 (for the sm_70/sm_80/sm_90 compile checks) must be intact next to torch's
 # CUDA 13 wheels; reinstall it if a shared-namespace install dropped its library.
 if ! "$PY" - <<'PYEOF'

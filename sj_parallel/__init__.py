@@ -3,10 +3,14 @@
 PSN, masked PSN and sliding PSN (Fang et al., NeurIPS 2023) and MPE-PSN (Chen et al.,
 2024) as SpikingJelly ``MemoryModule`` subclasses, with a memory-lean torch backend
 and fused CuPy kernels.
+
+``python -m sj_parallel doctor`` (or :func:`sj_parallel.doctor`) reports what can run
+here and why not.
 """
 
 from .backends import BACKENDS
 from .convert import from_spikingjelly, replace_neurons, to_spikingjelly, zoo_neuron
+from .doctor import doctor
 from .neuron import MPEPSN, PSN, MaskedPSN, ParallelNeuron, SlidingPSN
 from .utils import masked_psn_lambda, membrane_loss, set_backend, set_memory
 
@@ -27,4 +31,5 @@ __all__ = [
     "from_spikingjelly",
     "to_spikingjelly",
     "zoo_neuron",
+    "doctor",
 ]

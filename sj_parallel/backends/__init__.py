@@ -4,12 +4,19 @@ A backend is a module with the functions ``psn``, ``sliding_psn`` and ``mpe_psn`
 :mod:`sj_parallel.backends.torch_backend`'s signatures, on flattened ``[T, M]``
 inputs. ``"torch"`` runs everywhere; ``"cupy"`` runs fused CUDA kernels on CUDA
 tensors (multi-step mode) and needs CuPy.
+
+Nothing falls back from one backend to another: when ``"cupy"`` cannot be used, the
+error names the real reason (the exception ``import cupy`` raised is chained as
+``__cause__``) and a fix. ``python -m sj_parallel doctor`` prints a full report.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import re
 from types import ModuleType
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -17,8 +24,9 @@ BACKENDS = ("torch", "cupy")
 
 _CUPY_HINT = (
     "install CuPy for your CUDA version, e.g. `pip install cupy-cuda12x` (CUDA 12) "
-    "or `pip install cupy-cuda13x` (CUDA 13), or `pip install sj_parallel[cuda12]`"
+    "or `pip install cupy-cuda13x` (CUDA 13)"
 )
+_DOCTOR_HINT = "Run `python -m sj_parallel doctor` for a full report."
 
 
 def check_backend_name(name: str) -> str:
@@ -28,22 +36,170 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def cupy_available() -> bool:
-    """True when CuPy imports (a GPU is not needed for the import)."""
+@functools.cache
+def cupy_import_error() -> Optional[BaseException]:
+    """The exception ``import cupy`` raised, or ``None`` when CuPy imports.
+
+    The result is cached (a failed import is not retried on every call);
+    ``cupy_import_error.cache_clear()`` forgets it.
+
+    :return: the original exception (``ModuleNotFoundError`` when CuPy is not
+        installed; an ``ImportError``/``OSError``/... when it is installed but broken)
+    :rtype: Optional[BaseException]
+    """
     try:
         importlib.import_module("cupy")
-    except Exception:
-        return False
-    return True
+    except Exception as e:
+        return e
+    return None
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports (a GPU is not needed for the import).
+
+    :func:`cupy_import_error` says why not.
+    """
+    return cupy_import_error() is None
+
+
+def cupy_distributions() -> List[str]:
+    """Names of the installed CuPy distributions (``cupy``, ``cupy-cuda12x``, ...).
+
+    More than one means several CuPy wheels share the ``cupy`` package directory,
+    which breaks it.
+    """
+    from importlib.metadata import distributions
+
+    names = set()
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if re.fullmatch(r"(amd-)?cupy(-cuda\d+x?|-rocm[-\d]*)?", name):
+            names.add(name)
+    return sorted(names)
+
+
+def cupy_install_hint() -> str:
+    """How to install CuPy, for the CUDA version torch was built with."""
+    cuda = torch.version.cuda
+    if cuda:
+        major = cuda.split(".")[0]
+        return (
+            f"{_CUPY_HINT}; this torch is built for CUDA {cuda}, so "
+            f"`pip install cupy-cuda{major}x` matches it"
+        )
+    return _CUPY_HINT
+
+
+def _original_error(err: BaseException) -> str:
+    """``"Type: message"`` of the error behind ``err``: CuPy wraps a failed import of
+    its core in a banner ("Failed to import CuPy. ... Original error: ...") raised
+    from the original exception."""
+    cause = err.__cause__
+    if "Failed to import CuPy" in str(err) and cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    m = re.search(r"Original error:\s*\n\s*(.+)", str(err))
+    if m:
+        return m.group(1).strip()
+    return f"{type(err).__name__}: {err}"
+
+
+def explain_cupy_error(err: BaseException) -> Tuple[str, str]:
+    """``(reason, fix)`` for an exception raised by ``import cupy``.
+
+    :param err: the exception (see :func:`cupy_import_error`)
+    :return: a one-line reason naming the original error, and a fix to try
+    :rtype: Tuple[str, str]
+    """
+    msg = _original_error(err)
+    low = msg.lower()
+    if isinstance(err, ModuleNotFoundError) and err.name == "cupy":
+        return "CuPy is not installed", cupy_install_hint()
+    reason = f"CuPy is installed but failed to import: {msg}"
+    dists = cupy_distributions()
+    if len(dists) > 1:
+        fix = (
+            f"several CuPy packages are installed at once ({', '.join(dists)}) and "
+            "overwrite each other: `pip uninstall -y "
+            + " ".join(dists)
+            + "`, then install exactly one (e.g. `pip install cupy-cuda12x`)"
+        )
+    elif "libcuda.so" in low or "libcuda." in low:
+        fix = (
+            "the NVIDIA driver library (libcuda) was not found: install the NVIDIA "
+            "driver (`nvidia-smi` must work); in a container, start it with GPU "
+            "access (e.g. `docker run --gpus all`)"
+        )
+    elif "nvrtc" in low:
+        fix = (
+            "CuPy cannot load NVRTC (the CUDA runtime compiler): "
+            "`pip install nvidia-cuda-nvrtc-cu12` for cupy-cuda12x, or "
+            '`pip install "cupy-cuda12x[ctk]"` (the CUDA libraries as wheels), or add '
+            "a CUDA toolkit's lib64 directory to LD_LIBRARY_PATH"
+        )
+    elif re.search(r"lib\w+\.so|\.dll|shared object", low):
+        fix = (
+            "a CUDA library CuPy needs cannot be loaded: "
+            '`pip install "cupy-cuda12x[ctk]"` (or `"cupy-cuda13x[ctk]"`) installs '
+            "the CUDA libraries as wheels; or install the CUDA toolkit matching your "
+            "CuPy wheel and add its lib64 directory to LD_LIBRARY_PATH"
+        )
+    elif "insufficient" in low or "driver version" in low:
+        fix = (
+            "the NVIDIA driver is older than the CUDA version this CuPy wheel is "
+            "built for: install the wheel for the CUDA version `nvidia-smi` shows "
+            "(e.g. `pip uninstall -y cupy-cuda13x && pip install cupy-cuda12x`), or "
+            "upgrade the driver"
+        )
+    elif "numpy" in low:
+        fix = (
+            "this CuPy does not support the installed NumPy: upgrade CuPy "
+            "(`pip install -U cupy-cuda12x`) or install a NumPy version it supports"
+        )
+    elif isinstance(err, ModuleNotFoundError) and err.name:
+        top = err.name.split(".")[0]
+        if top.startswith("cupy"):
+            fix = (
+                f"the CuPy installation is incomplete ({err.name} is missing): "
+                "reinstall it, e.g. `pip install --force-reinstall cupy-cuda12x`"
+            )
+        else:
+            fix = f"a module CuPy needs is missing: `pip install {top}`"
+    else:
+        fix = (
+            "reinstall the one CuPy wheel matching your CUDA version (e.g. `pip "
+            'install --force-reinstall cupy-cuda12x`); `python -c "import cupy"` '
+            "shows the full traceback"
+        )
+    return reason, fix
+
+
+def cupy_unavailable_message(err: Optional[BaseException]) -> str:
+    """The message of the ``ImportError`` raised when backend 'cupy' cannot import
+    CuPy: the real reason, a fix and where to get a full report."""
+    if err is None:  # no recorded exception (e.g. cupy_available was overridden)
+        reason, fix = "CuPy is not installed", cupy_install_hint()
+    else:
+        reason, fix = explain_cupy_error(err)
+    if reason == "CuPy is not installed":
+        return f"backend 'cupy' needs CuPy, which is not installed. Fix: {fix}. " + (
+            _DOCTOR_HINT
+        )
+    return f"backend 'cupy' cannot be used: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
 
 
 def check_backend_available(name: str) -> None:
-    """Raise a clear error when ``name`` cannot run in this environment."""
+    """Raise a clear error when ``name`` cannot run in this environment.
+
+    :param name: ``'torch'`` or ``'cupy'``
+    :raises ValueError: unknown backend name
+    :raises ImportError: ``'cupy'`` when CuPy does not import; the message names the
+        real reason and a fix, and the original exception is chained
+        (``__cause__``)
+    """
     check_backend_name(name)
     if name == "cupy" and not cupy_available():
-        raise ImportError(
-            f"backend 'cupy' needs CuPy, which is not installed: {_CUPY_HINT}"
-        )
+        err = cupy_import_error()
+        raise ImportError(cupy_unavailable_message(err)) from err
 
 
 def get_backend(name: str, x: torch.Tensor | None = None) -> ModuleType:

@@ -127,8 +127,12 @@ def include_options(nvrtc_major: Optional[int] = None) -> Tuple[str, ...]:
     dirs = cuda_include_dirs()
     if not dirs:
         raise RuntimeError(
-            "backend 'cupy' could not find the CUDA headers cuda_fp16.h/cuda_bf16.h: "
-            "set CUDA_PATH, or `pip install nvidia-cuda-runtime-cu12` (CUDA 12)"
+            "backend 'cupy' could not find the CUDA headers cuda_fp16.h/cuda_bf16.h "
+            "(NVRTC has none built in; searched $CUDA_PATH/include, "
+            "$CUDA_HOME/include, site-packages/nvidia/*/include, "
+            "/usr/local/cuda/include): `pip install nvidia-cuda-runtime-cu12` "
+            '(NVRTC 12) or `pip install "nvidia-cuda-runtime==13.*"` (NVRTC 13), '
+            "or set CUDA_PATH to a CUDA toolkit"
         )
     match = [d for d, major in dirs if major == nvrtc_major]
     return (f"-I{(match or [dirs[0][0]])[0]}",)
@@ -162,11 +166,10 @@ _MODULES: Dict[tuple, object] = {}
 def _cupy():
     try:
         import cupy
-    except Exception as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "backend 'cupy' needs CuPy: `pip install cupy-cuda12x` (CUDA 12) or "
-            "`pip install cupy-cuda13x` (CUDA 13)"
-        ) from e
+    except Exception as e:  # the real reason and a fix, original chained
+        from . import cupy_unavailable_message
+
+        raise ImportError(cupy_unavailable_message(e)) from e
     return cupy
 
 
