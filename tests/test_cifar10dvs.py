@@ -112,12 +112,13 @@ def test_reader_equals_spikingjelly(tmp_path):
     "extra",
     [
         # the PSN paper's network: sliding PSN (k=2, exponential init)
-        ["--arch", "vggsnn", "--neuron", "sliding-psn", "--k", "2"],
+        ["--arch", "vggsnn", "--neuron", "sliding-psn", "--k", "2", "--resize",
+         "bilinear-noaa"],
         # the MPE-PSN paper's: MPE-PSN, paper wiring, mixup, membrane loss
         ["--arch", "vggsnn", "--neuron", "mpe-psn", "--mixup", "--mem-loss-weight",
-         "0.01", "--test-drop-last"],
+         "0.01", "--test-drop-last", "--mixup-labels", "soft"],
         # any network on any data set
-        ["--neuron", "lif", "--augment"],
+        ["--neuron", "lif", "--augment", "--dropout-mode", "step"],
     ],
     ids=["psn-paper", "mpe-paper", "sj-lif"],
 )  # fmt: skip

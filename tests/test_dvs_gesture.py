@@ -132,7 +132,7 @@ def test_mpe_sample_in_eval_selects_the_sampled_accuracy(cache, tmp_path):
     out = tmp_path / "run"
     _train(*TINY, "--cache-dir", cache, "--out-dir", out, "--arch", "mpe-dvsgesture",
            "--neuron", "mpe-psn", "--mpe-sample-in-eval", "--mpe-loss-weights",
-           "softmax", "--epochs", "1")  # fmt: skip
+           "softmax", "--loss", "ce", "--epochs", "1")  # fmt: skip
     (r,) = _metrics(out)
     assert r["test_acc"] == r["test_acc_sampled"]
     assert r["test_loss"] == r["test_loss_sampled"]
@@ -187,6 +187,23 @@ def test_dropout_modes():
         assert not torch.equal(y[0, 0], y[0, 1])  # samples get their own masks
     assert train.parse_args(TINY).dropout_mode == "shared"
     assert train.parse_args([*TINY, "--arch", "vggsnn"]).dropout_mode == "step"
+
+
+def test_resize_as_torchvision():
+    """--resize bilinear(-noaa) equals torchvision's Resize on each sample's frames,
+    as in the papers' transforms (with and without antialiasing)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    frames = torch.rand(2, 3, 2, 32, 32) * 4  # a batch [N, T, C, H, W]
+    for mode, aa in (("bilinear", True), ("bilinear-noaa", False)):
+        a = train.parse_args([*TINY, "--arch", "mpe-dvsgesture", "--resize", mode])
+        want = [TF.resize(f, [16, 16], InterpolationMode.BILINEAR, antialias=aa)
+                for f in frames]  # fmt: skip
+        assert torch.equal(train.prepare(frames, a), torch.stack(want, 1))
+    a = train.parse_args(TINY)  # SpikingJelly's network: sum pooling by default
+    assert a.resize == "area"
+    torch.testing.assert_close(train.prepare(frames, a).sum(), frames.sum())
 
 
 def test_authors_mixup():

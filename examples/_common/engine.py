@@ -64,7 +64,7 @@ def add_training_args(
         help="drop the last incomplete test batch too (the MPE-PSN authors' "
         "CIFAR10-DVS accuracies are over 992 of the 1000 test samples)",
     )
-    t.add_argument("--amp", action="store_true", help="mixed precision")
+    t.add_argument("--amp", action="store_true", help="mixed precision (training)")
     t.add_argument("--seed", type=int, default=2023)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--workers", type=int, default=0, help="data loading processes")
@@ -219,7 +219,8 @@ def run_epoch(model, net, loader, a, epoch, step, opt=None, scaler=None):
     for batch in it:
         with (
             torch.set_grad_enabled(train),
-            torch.autocast(dev.type, dtype=amp_dtype, enabled=a.amp),
+            # mixed precision for training only: the papers' code tests in float32
+            torch.autocast(dev.type, dtype=amp_dtype, enabled=a.amp and train),
         ):
             loss, correct, n = step(model, batch, train, epoch)
             if train and w > 0:  # as the authors: (1 - w) * task + w * membrane

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -139,15 +137,7 @@ def generate(
     """Write a synthetic CIFAR10-DVS root (built aside, then renamed)."""
     if train_per_class < 1 or test_per_class < 1:
         raise ValueError("need at least one train and one test sample per class")
-    if events_per_sample < 64:
-        raise ValueError("events_per_sample must be >= 64 (frames need >= T events)")
-    root = Path(root)
-    if (root / "synthetic.json").exists():
-        raise FileExistsError(f"{root} already holds a synthetic dataset")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
-    os.chmod(work, 0o755)
-    try:
+    with synthetic.building(root, events_per_sample) as work:
         rng = np.random.default_rng(seed)
         download = work / "download"
         download.mkdir()
@@ -179,15 +169,7 @@ def generate(
             ],
         }
         (work / "synthetic.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():
-            if any(root.iterdir()):
-                raise FileExistsError(f"{root} exists and is not empty")
-            root.rmdir()
-        os.replace(work, root)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return root
+    return Path(root)
 
 
 def loader_class(root):

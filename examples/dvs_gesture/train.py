@@ -103,10 +103,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--img-size", type=int, default=None, help="input resize (pixels)")
     d.add_argument(
         "--resize",
-        choices=("area", "bilinear"),
+        choices=("area", "bilinear", "bilinear-noaa"),
         default=None,
         help="area: sum pooling (keeps event counts); bilinear: torchvision's "
-        "Resize (antialiased), as the papers' code; default: per --arch",
+        "Resize on tensors (antialiased, torchvision >= 0.17); bilinear-noaa: the "
+        "same without antialiasing (torchvision < 0.17); default: per --arch",
     )
     d.add_argument("--augment", action="store_true", help="random crop (pad 4) + flip")
     x = p.add_argument_group("mixup (the MPE-PSN authors')")
@@ -184,7 +185,11 @@ class DataError(RuntimeError):
     """A data folder problem the user must fix; the message says how."""
 
 
-def _check_root(root: Path, T: int, dataset: str = "dvs128-gesture") -> None:
+def _check_root(
+    root: Path, T: int, dataset: str = "dvs128-gesture", count: bool = True
+) -> None:
+    """Clear errors for unusable roots; ``count``: check every sample has ``>= T``
+    events (needed until the frames for this ``T`` are built)."""
     markers = sorted(root.glob("*.building"))
     if markers:
         raise DataError(
@@ -201,7 +206,7 @@ def _check_root(root: Path, T: int, dataset: str = "dvs128-gesture") -> None:
             "(downloaded manually from IBM), or an already converted "
             f"{root}/events_np/. See examples/dvs_gesture/README.md."
         )
-    if events.is_dir() and not (root / f"frames_number_{T}_split_by_number").is_dir():
+    if events.is_dir() and count:
         files = sorted(events.rglob("*.npz"))
         if not files:
             raise DataError(
@@ -259,7 +264,8 @@ def build_datasets(a: argparse.Namespace, log):
     else:
         root, cls, m = _synthetic_root(a, log)
         test_per_class = m.get("test_per_class", test_per_class)
-    _check_root(root, a.T, a.dataset)
+    fresh = not (root / f"frames_number_{a.T}_split_by_number").is_dir()
+    _check_root(root, a.T, a.dataset, count=fresh)
     kw = dict(data_type="frame", frames_number=a.T, split_by="number")
 
     def load():
@@ -276,7 +282,7 @@ def build_datasets(a: argparse.Namespace, log):
     engine.barrier()
     if not engine.is_main():
         train, test = load()
-    _check_root(root, a.T, a.dataset)
+    _check_root(root, a.T, a.dataset, count=fresh)
     return train, test, CLASSES[a.dataset]
 
 
@@ -306,7 +312,11 @@ def prepare(frames, a, gen=None) -> torch.Tensor:
             x = F.interpolate(x, size=a.img_size, mode="area") * scale
         else:  # torchvision's transforms.Resize on tensors
             x = F.interpolate(
-                x, size=a.img_size, mode="bilinear", align_corners=False, antialias=True
+                x,
+                size=a.img_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=a.resize == "bilinear",
             )
         x = x.view(T, N, *x.shape[1:])
     if gen is not None:
