@@ -119,6 +119,12 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     ck = torch.load(tmp_path / "cut" / "latest.pt", weights_only=False)
     lam = [v for k, v in ck["model"].items() if k.endswith("_lambda_")]
     assert lam and all(float(v) == sjp.masked_psn_lambda(2, 3) for v in lam)
+    # resuming with a generator the first run did not have is refused
+    _train(
+        *common, "--mix", "none", "--out-dir", tmp_path / "m", "--stop-after-epochs", 1
+    )
+    with pytest.raises(SystemExit, match="no state of the mix generator"):
+        _train(*common, "--out-dir", tmp_path / "m", "--resume")
 
 
 def test_errors(tmp_path, capsys):

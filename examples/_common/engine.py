@@ -279,7 +279,6 @@ def fit(
     step: Callable,
     *,
     rngs: Optional[Dict[str, object]] = None,
-    collate_fn: Optional[Callable] = None,
     epoch_info: Optional[Callable[[int], dict]] = None,
     describe: str = "",
 ) -> float:
@@ -307,7 +306,6 @@ def fit(
             sampler=sampler,
             num_workers=a.workers,
             drop_last=a.drop_last if train else a.test_drop_last,
-            collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(a.seed) if train else None,
         )
 
@@ -333,6 +331,11 @@ def fit(
         start, best = ck["epoch"] + 1, ck["best_acc"]
         set_rng_state(ck["rng"])
         for name, g in rngs.items():
+            if name not in ck["generators"]:
+                raise SystemExit(
+                    f"--resume: {latest} has no state of the {name} generator; "
+                    f"resume with the options of the first run ({out / 'args.json'})"
+                )
             _set_gen_state(g, ck["generators"][name])
         log(f"resumed from {latest} at epoch {start}")
     writer = None

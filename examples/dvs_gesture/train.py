@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cache-dir",
         default=None,
         help="where the synthetic dataset is generated (once); default "
-        "~/.cache/sj_parallel/<dataset>_synthetic",
+        "~/.cache/sj_parallel/{dvs_gesture,cifar10dvs}_synthetic",
     )
     d.add_argument(
         "--synthetic-train",
@@ -161,8 +161,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.img_size is None:
         a.img_size = 128
     if a.cache_dir is None:
-        name = a.dataset.replace("-", "_") + "_synthetic"
-        a.cache_dir = str(DEFAULT_CACHE / "sj_parallel" / name)
+        name = {"dvs128-gesture": "dvs_gesture", "cifar10dvs": "cifar10dvs"}
+        a.cache_dir = str(
+            DEFAULT_CACHE / "sj_parallel" / f"{name[a.dataset]}_synthetic"
+        )
     if a.T < 1:
         p.error("-T must be >= 1")
     engine.check_training_args(p, a)
