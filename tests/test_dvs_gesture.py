@@ -1,5 +1,10 @@
-"""The DVS128-Gesture example: synthetic data through SpikingJelly's loader, training
-with every neuron, kill-and-resume, torchrun, and clear errors."""
+"""The DVS example: synthetic gestures through SpikingJelly's loader, every network
+and neuron, the papers' options (mixup, dropout per step, membrane-loss epochs, MPE
+evaluation), kill-and-resume, torchrun, and clear errors.
+
+Training runs call ``train.main`` in-process on tiny networks (4 channels, 16x16,
+T=4); only the torchrun test starts processes.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "dvs_gesture"
@@ -18,11 +24,14 @@ sys.path.insert(0, str(EXAMPLE))
 
 import synthetic  # noqa: E402
 import train  # noqa: E402
+from _common.mixup import AuthorsMixup  # noqa: E402
+
+import sj_parallel as sjp  # noqa: E402
 
 TINY = [
     "-T", "4", "--img-size", "16", "--channels", "4", "--hidden", "32",
-    "-b", "8", "--no-progress", "--synthetic-train-trials", "2",
-    "--synthetic-test-trials", "1", "--synthetic-events", "300",
+    "-b", "8", "--no-progress", "--synthetic-train", "2",
+    "--synthetic-test", "1", "--synthetic-events", "300",
 ]  # fmt: skip
 
 
@@ -31,18 +40,8 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("dvs_cache")
 
 
-def _run(args, cwd=None, env=None, expect_ok=True):
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
-    if expect_ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def _train(*args):
+    assert train.main([str(a) for a in args]) == 0
 
 
 def _metrics(out: Path):
@@ -50,6 +49,13 @@ def _metrics(out: Path):
     for r in rows:
         r.pop("seconds")
     return rows
+
+
+def _usage_error(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as e:
+        train.parse_args([str(a) for a in args])
+    assert e.value.code == 2
+    return capsys.readouterr().err
 
 
 def test_synthetic_parses_with_spikingjelly(tmp_path):
@@ -73,7 +79,6 @@ def test_synthetic_parses_with_spikingjelly(tmp_path):
 
 
 def test_aedat_round_trip(tmp_path):
-    import numpy as np
     from spikingjelly.datasets import utils as sj_utils
 
     load = getattr(sj_utils, "load_aedat_v3", None)
@@ -92,43 +97,182 @@ def test_aedat_round_trip(tmp_path):
 @pytest.mark.parametrize("neuron", train.NEURONS)
 def test_each_neuron_trains(neuron, cache, tmp_path):
     out = tmp_path / "run"
-    loss = "tet" if neuron == "mpe-psn" else "mse"
-    args = ["--cache-dir", str(cache), "--out-dir", str(out), "--neuron", neuron]
-    _run([*TINY, *args, "--epochs", "1", "--loss", loss])
+    _train(*TINY, "--cache-dir", cache, "--out-dir", out, "--neuron", neuron,
+           "--epochs", "1")  # fmt: skip
     rows = _metrics(out)
-    assert len(rows) == 1 and rows[0]["test_acc"] >= 0
+    assert len(rows) == 1 and 0 <= rows[0]["test_acc"] <= 1
     assert (out / "latest.pt").exists() and (out / "best.pt").exists()
     assert list((out / "tensorboard").iterdir())
 
 
+def test_authors_network_with_their_options(cache, tmp_path):
+    """mpe-dvsgesture + MPE-PSN in the authors' wiring, mixup, dropout per step,
+    the membrane loss for the first epoch only; both test accuracies reported."""
+    out = tmp_path / "run"
+    _train(*TINY, "--cache-dir", cache, "--out-dir", out, "--arch", "mpe-dvsgesture",
+           "--neuron", "mpe-psn", "--mpe-estimate-from", "current", "--mixup",
+           "--mixup-last-epoch", "0", "--mem-loss-epochs", "1", "--epochs", "2",
+           "--augment", "--opt", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
+           "--drop-last")  # fmt: skip
+    r0, r1 = _metrics(out)
+    assert (r0["mixup"], r1["mixup"]) == (True, False)
+    assert (r0["mem_loss_weight"], r1["mem_loss_weight"]) == (0.001, 0.0)
+    for r in (r0, r1):  # the deterministic estimate is the default
+        assert r["test_acc"] == r["test_acc_deterministic"]
+        assert 0 <= r["test_acc_sampled"] <= 1
+    args = json.loads((out / "args.json").read_text())
+    assert (args["loss"], args["dropout_mode"], args["resize"]) == (
+        "tet",
+        "step",
+        "bilinear",
+    )
+
+
+def test_mpe_sample_in_eval_selects_the_sampled_accuracy(cache, tmp_path):
+    out = tmp_path / "run"
+    _train(*TINY, "--cache-dir", cache, "--out-dir", out, "--arch", "mpe-dvsgesture",
+           "--neuron", "mpe-psn", "--mpe-sample-in-eval", "--mpe-loss-weights",
+           "softmax", "--loss", "ce", "--epochs", "1")  # fmt: skip
+    (r,) = _metrics(out)
+    assert r["test_acc"] == r["test_acc_sampled"]
+    assert r["test_loss"] == r["test_loss_sampled"]
+    ck = torch.load(out / "latest.pt", weights_only=False)
+    keys = list(ck["model"])
+    assert any(k.endswith("kappa_logit") for k in keys)
+    assert not any(k.endswith("coef") for k in keys)
+
+
+def test_networks_match_the_papers_code():
+    """Parameter counts of the full-size networks equal those of the authors'."""
+    a = train.parse_args(["--arch", "mpe-dvsgesture", "--img-size", "64",
+                          "--neuron", "mpe-psn", "--mpe-estimate-from", "current",
+                          "-T", "16"])  # fmt: skip
+    net = train.build_net(a, 11)
+    C, T = 256, 16
+    # their DVSGestureNet(channels=256) with MPE_PSN_(T=16): 5 x [conv (no bias),
+    # BN, neuron (threshold + T-1 coef)], Linear(4C, 1024), neuron, Linear(1024, 110)
+    mpe = 1 + (T - 1)
+    want = 2 * C * 9 + 4 * C * C * 9 + 5 * (2 * C + mpe)
+    want += 4 * C * 1024 + 1024 + mpe + 1024 * 110 + 110
+    assert sum(p.numel() for p in net.parameters()) == want
+    assert len([m for m in net.modules() if isinstance(m, sjp.MPEPSN)]) == 6
+    a = train.parse_args(["--arch", "vggsnn", "--dataset", "cifar10dvs",
+                          "--img-size", "48", "--neuron", "mpe-psn",
+                          "-T", "10"])  # fmt: skip
+    net = train.build_net(a, 10)
+    # their VGGMPE(T=10): 8 x [conv (bias), BN, MPE_PSN (threshold + T coef)],
+    # Linear(512 * 3 * 3, 10)
+    widths, c_in, want = (64, 128, 256, 256, 512, 512, 512, 512), 2, 0
+    for w in widths:
+        want += w * c_in * 9 + w + 2 * w + 1 + 10
+        c_in = w
+    want += 512 * 9 * 10 + 10
+    assert sum(p.numel() for p in net.parameters()) == want
+    a = train.parse_args(["--arch", "vggsnn", "--img-size", "48", "--neuron",
+                          "sliding-psn", "--k", "2"])  # fmt: skip
+    net = train.build_net(a, 10)
+    sliding = [m for m in net.modules() if isinstance(m, sjp.SlidingPSN)]
+    assert len(sliding) == 8  # PSN paper's VGGPSN: exp-init weights (1/2, 1)
+    assert torch.equal(sliding[0].weight.detach(), torch.tensor([0.5, 1.0]))
+
+
+def test_dropout_modes():
+    x = torch.ones(6, 2, 50)
+    for mode, shared in (("step", False), ("shared", True)):
+        a = train.parse_args([*TINY, "--dropout-mode", mode])
+        d = train._dropout(a, 0.5)
+        train.finish(torch.nn.Sequential(d), a).train()
+        y = d(x)
+        assert torch.equal(y[0], y[1]) == shared  # same mask at t=0 and t=1
+        assert not torch.equal(y[0, 0], y[0, 1])  # samples get their own masks
+    assert train.parse_args(TINY).dropout_mode == "shared"
+    assert train.parse_args([*TINY, "--arch", "vggsnn"]).dropout_mode == "step"
+
+
+def test_resize_as_torchvision():
+    """--resize bilinear(-noaa) equals torchvision's Resize on each sample's frames,
+    as in the papers' transforms (with and without antialiasing)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    frames = torch.rand(2, 3, 2, 32, 32) * 4  # a batch [N, T, C, H, W]
+    for mode, aa in (("bilinear", True), ("bilinear-noaa", False)):
+        a = train.parse_args([*TINY, "--arch", "mpe-dvsgesture", "--resize", mode])
+        want = [TF.resize(f, [16, 16], InterpolationMode.BILINEAR, antialias=aa)
+                for f in frames]  # fmt: skip
+        assert torch.equal(train.prepare(frames, a), torch.stack(want, 1))
+    a = train.parse_args(TINY)  # SpikingJelly's network: sum pooling by default
+    assert a.resize == "area"
+    torch.testing.assert_close(train.prepare(frames, a).sum(), frames.sum())
+
+
+def test_authors_mixup():
+    """Batch mixup as timm's Mixup(mode='batch') in the authors' code, labels by
+    argmax of the mixed target (hard), or the mixed smoothed target (soft)."""
+    y = torch.tensor([0, 3, 3, 7, 1, 2])
+    x = torch.arange(2 * 6 * 3, dtype=torch.float32).view(2, 6, 3)  # [T, N, F]
+    seen = set()
+    for seed in range(40):
+        ref = np.random.default_rng(seed)
+        mixed = ref.random() < 0.5
+        lam = float(ref.beta(0.5, 0.5)) if mixed else 1.0
+        m = AuthorsMixup(11, np.random.default_rng(seed))
+        xm, t = m(x, y)
+        want = x * lam + x.flip(1) * (1 - lam) if lam != 1 else x
+        torch.testing.assert_close(xm, want)
+        assert torch.equal(t, torch.where(torch.tensor(lam > 0.5), y, y.flip(0)))
+        soft = AuthorsMixup(11, np.random.default_rng(seed), labels="soft")(x, y)[1]
+        torch.testing.assert_close(soft.sum(1), torch.ones(6))
+        assert torch.equal(soft.argmax(1), t)
+        seen.add(mixed)
+    assert seen == {True, False}
+
+
+def test_losses_fit_the_output_layer(capsys):
+    assert train.parse_args(TINY).loss == "mse"
+    assert train.parse_args([*TINY, "--arch", "mpe-dvsgesture"]).loss == "tet"
+    assert train.parse_args([*TINY, "--arch", "vggsnn", "--loss", "ce"]).loss == "ce"
+    err = _usage_error(capsys, *TINY, "--loss", "tet")
+    assert "--loss tet does not fit --arch sj-dvsgesture" in err and "mse" in err
+    err = _usage_error(capsys, *TINY, "--arch", "vggsnn", "--loss", "mse")
+    assert "real-valued logits" in err and "--loss tet or ce" in err
+    err = _usage_error(capsys, *TINY, "--arch", "vggsnn", "--img-size", "24")
+    assert "multiple of 16" in err
+
+
 def test_learns_well_above_chance(cache, tmp_path):
     out = tmp_path / "run"
-    args = ["-T", "4", "--img-size", "16", "--channels", "16", "--hidden", "128",
-            "-b", "8", "--no-progress", "--synthetic-train-trials", "4",
-            "--synthetic-test-trials", "2", "--synthetic-events", "600",
-            "--epochs", "12", "--lr", "5e-3", "--neuron", "psn"]  # fmt: skip
-    _run([*args, "--cache-dir", str(cache), "--out-dir", str(out)])
+    _train("-T", "4", "--img-size", "16", "--channels", "16", "--hidden", "128",
+           "-b", "8", "--no-progress", "--synthetic-train", "4",
+           "--synthetic-test", "2", "--synthetic-events", "600",
+           "--epochs", "12", "--lr", "5e-3", "--neuron", "psn",
+           "--cache-dir", cache, "--out-dir", out)  # fmt: skip
     best = max(r["test_acc"] for r in _metrics(out))
     assert best >= 3 / 11, best  # chance is 1/11
 
 
 def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
-    common = [*TINY, "--cache-dir", str(cache), "--neuron", "mpe-psn", "--epochs", "3",
-              "--augment", "--lr", "5e-3"]  # fmt: skip
-    _run([*common, "--out-dir", str(tmp_path / "full")])
-    _run([*common, "--out-dir", str(tmp_path / "cut"), "--stop-after-epochs", "1"])
+    """Resume is exact with augmentation, mixup, dropout per step and MPE-PSN
+    sampling: every metric equals the uninterrupted run's."""
+    common = [*TINY, "--cache-dir", cache, "--arch", "mpe-dvsgesture", "--neuron",
+              "mpe-psn", "--epochs", "3", "--augment", "--mixup", "--mixup-prob",
+              "1", "--lr", "5e-3", "--mem-loss-epochs", "2"]  # fmt: skip
+    _train(*common, "--out-dir", tmp_path / "full")
+    _train(*common, "--out-dir", tmp_path / "cut", "--stop-after-epochs", "1")
     assert len(_metrics(tmp_path / "cut")) == 1
-    proc = _run([*common, "--out-dir", str(tmp_path / "cut")], expect_ok=False)
-    assert proc.returncode != 0 and "--resume" in proc.stderr + proc.stdout
-    _run([*common, "--out-dir", str(tmp_path / "cut"), "--resume"])
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "full")
+    with pytest.raises(SystemExit, match="--resume"):
+        _train(*common, "--out-dir", tmp_path / "cut")
+    _train(*common, "--out-dir", tmp_path / "cut", "--resume")
+    full = _metrics(tmp_path / "full")
+    assert _metrics(tmp_path / "cut") == full
+    _train(*common, "--out-dir", tmp_path / "plain", "--mixup-prob", "0")
+    assert _metrics(tmp_path / "plain")[0]["train_loss"] != full[0]["train_loss"]
 
 
 def test_torchrun_two_processes(cache, tmp_path):
     out = tmp_path / "ddp"
     # make sure the synthetic data exists so both ranks only read it
-    _run([*TINY, "--cache-dir", str(cache), "--out-dir", str(tmp_path / "warm"),
-          "--epochs", "1"])  # fmt: skip
+    _train(*TINY, "--cache-dir", cache, "--out-dir", tmp_path / "warm", "--epochs", 1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -143,28 +287,24 @@ def test_torchrun_two_processes(cache, tmp_path):
     assert proc.stdout.count("test accuracy:") == 1
 
 
-def test_bad_paths_and_arguments(cache, tmp_path):
-    out = ["--out-dir", str(tmp_path / "a")]
-    p = _run([*TINY, "--data-dir", str(tmp_path / "nope"), *out], expect_ok=False)
-    assert p.returncode != 0 and "does not exist" in p.stderr
+def test_bad_paths_and_arguments(capsys, tmp_path):
+    out = ["--out-dir", tmp_path / "a"]
+    with pytest.raises(SystemExit, match="does not exist"):
+        _train(*TINY, "--data-dir", tmp_path / "nope", *out)
     (tmp_path / "empty").mkdir()
-    p = _run([*TINY, "--data-dir", str(tmp_path / "empty"), *out], expect_ok=False)
-    assert "is not a DVS128 Gesture root" in p.stderr and "download" in p.stderr
+    with pytest.raises(SystemExit, match="is not a DVS128 Gesture root.*download"):
+        _train(*TINY, "--data-dir", tmp_path / "empty", *out)
     root = synthetic.generate(tmp_path / "few", 1, 1, events_per_sample=64, seed=3)
     cls = synthetic.loader_class(root)
     cls(str(root), train=True, data_type="event")  # convert to events_np
     ev = next((root / "events_np").glob("*/*/*.npz"))
-    import numpy as np
-
     with np.load(ev) as z:
         n = len(z["t"])
-    a = train.parse_args([*TINY, "-T", str(n + 1)])
     with pytest.raises(train.DataError, match=r"fewer than T=\d+ frames"):
-        train._check_root(root, a.T)
+        train._check_root(root, n + 1)
     (root / "frames_number_4_split_by_number.building").touch()
     with pytest.raises(train.DataError, match=r"\.building marks an unfinished"):
         train._check_root(root, 4)
-    p = _run([*TINY, "--img-size", "24"], expect_ok=False)
-    assert "power of two" in p.stderr
-    p = _run([*TINY, "--neuron", "masked-psn", "--k", "9"], expect_ok=False)
-    assert "--k must be in [1, T=4]" in p.stderr
+    assert "power of two" in _usage_error(capsys, *TINY, "--img-size", "24")
+    err = _usage_error(capsys, *TINY, "--neuron", "masked-psn", "--k", "9")
+    assert "--k must be in [1, T=4]" in err

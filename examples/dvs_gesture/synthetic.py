@@ -25,6 +25,7 @@ and uniform noise events. As a command::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -156,6 +157,30 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def building(root, events_per_sample: int):
+    """Checks, then a temporary folder beside ``root`` to write the data set into;
+    it becomes ``root`` when the block ends, and is removed if the block fails."""
+    if events_per_sample < 64:
+        raise ValueError("events_per_sample must be >= 64 (frames need >= T events)")
+    root = Path(root)
+    if (root / "synthetic.json").exists():
+        raise FileExistsError(f"{root} already holds a synthetic dataset")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    os.chmod(work, 0o755)
+    try:
+        yield work
+        if root.exists():
+            if any(root.iterdir()):
+                raise FileExistsError(f"{root} exists and is not empty")
+            root.rmdir()
+        os.replace(work, root)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def generate(
     root: str | os.PathLike,
     train_trials: int = 8,
@@ -171,15 +196,7 @@ def generate(
     """
     if train_trials < 1 or test_trials < 1:
         raise ValueError("need at least one train and one test trial (every class)")
-    if events_per_sample < 64:
-        raise ValueError("events_per_sample must be >= 64 (frames need >= T events)")
-    root = Path(root)
-    if (root / "synthetic.json").exists():
-        raise FileExistsError(f"{root} already holds a synthetic dataset")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
-    os.chmod(work, 0o755)
-    try:
+    with building(root, events_per_sample) as work:
         rng = np.random.default_rng(seed)
         src = work / "DvsGesture"
         src.mkdir()
@@ -245,15 +262,7 @@ def generate(
             "resources": [[f, "synthetic", _md5(download / f)] for f in files],
         }
         (work / "synthetic.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():
-            if any(root.iterdir()):
-                raise FileExistsError(f"{root} exists and is not empty")
-            root.rmdir()
-        os.replace(work, root)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return root
+    return Path(root)
 
 
 def read_manifest(root: str | os.PathLike) -> dict:

@@ -1,103 +1,184 @@
-"""Train a DVSGestureNet on DVS128 Gesture with SpikingJelly or sj_parallel neurons.
+"""Train spiking networks on DVS128 Gesture or CIFAR10-DVS with any neuron.
 
-The network and training loop follow SpikingJelly's ``classify_dvsg.py``: frames from
-SpikingJelly's own ``DVS128Gesture`` loader (``frames_number=T, split_by='number'``),
-five-ish [Conv3x3, BN, neuron, MaxPool2] blocks, two dropout+linear layers, a voting
-layer, ``functional.reset_net`` after every batch.
+Networks (``--arch``), each with any ``--neuron`` (SpikingJelly's LIF, sj_parallel's
+PSN, masked PSN, sliding PSN, MPE-PSN):
 
-Without ``--data-dir`` it runs on built-in SYNTHETIC gestures (generated once under
-``--cache-dir``), so it runs anywhere with no download. With ``--data-dir`` pointing at
-a real DVS128 Gesture root (see README.md beside this file) it trains on the real data.
+- ``sj-dvsgesture``: SpikingJelly's DVSGestureNet (``classify_dvsg.py``): conv
+  blocks down to 4x4, two dropout+linear layers, an output neuron layer and a voting
+  layer: firing rates, trained with the firing-rate MSE.
+- ``mpe-dvsgesture``: the MPE-PSN authors' DVSGestureNet: conv blocks down to 2x2,
+  Dropout -> Linear(4C, 1024) -> neuron -> Dropout -> Linear(1024, 10 x classes) ->
+  average of each 10: real-valued logits, trained with TET.
+- ``vggsnn``: the CIFAR10-DVS VGG of both papers (TEBN's VGGSNN): eight conv+BN+neuron
+  layers (64-128-pool-256-256-pool-512-512-pool-512-512-pool) on 48x48 frames,
+  Dropout(0.25), Linear: logits, trained with TET.
+
+Data come from SpikingJelly's own loaders as frames (``frames_number=T,
+split_by='number'``): ``DVS128Gesture`` (official split) or ``CIFAR10DVS`` (the papers'
+split: samples 0-99 of each class for testing). Without ``--data-dir`` the program
+runs on a built-in SYNTHETIC stand-in in the real raw format (generated once under
+``--cache-dir``), so it runs anywhere with no download.
 
 Single process::
 
     python examples/dvs_gesture/train.py --neuron psn -T 16 --epochs 64
+
 Several processes (DistributedDataParallel; gloo on CPU, nccl on GPU)::
 
     torchrun --nproc_per_node 2 examples/dvs_gesture/train.py --neuron psn ...
+
+The published settings, with commands, are in docs/reproduce.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based import layer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+import cifar10dvs  # noqa: E402
 import synthetic  # noqa: E402
+import synthetic_cifar10dvs  # noqa: E402
+from _common import engine  # noqa: E402
+from _common.losses import LOSSES, check_loss, hard, task_loss  # noqa: E402
+from _common.mixup import AuthorsMixup  # noqa: E402
+from _common.neurons import (  # noqa: E402
+    NEURONS,
+    add_neuron_args,
+    check_neuron_args,
+    finish,
+    make_neuron,
+)
 
-import sj_parallel as sjp  # noqa: E402
-
-NEURONS = ("lif", "psn", "masked-psn", "sliding-psn", "mpe-psn")
+DATASETS = ("dvs128-gesture", "cifar10dvs")
+CLASSES = {"dvs128-gesture": 11, "cifar10dvs": 10}
+#: per network: output layer, default channels / hidden units / dropout / resize
+ARCHS = {
+    "sj-dvsgesture": dict(
+        head="spiking", channels=128, hidden=512, dropout="shared", resize="area"
+    ),
+    "mpe-dvsgesture": dict(
+        head="logits", channels=256, hidden=1024, dropout="step", resize="bilinear"
+    ),
+    "vggsnn": dict(
+        head="logits", channels=64, hidden=None, dropout="step", resize="bilinear"
+    ),
+}
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+__all__ = ["NEURONS", "ARCHS", "DATASETS", "main", "parse_args"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = p.add_argument_group("data")
-    d.add_argument("--data-dir", help="a real DVS128 Gesture root; default: synthetic")
+    d.add_argument("--dataset", choices=DATASETS, default="dvs128-gesture")
+    d.add_argument("--data-dir", help="a real dataset root; default: synthetic")
     d.add_argument(
         "--cache-dir",
-        default=str(DEFAULT_CACHE / "sj_parallel" / "dvs_gesture_synthetic"),
-        help="where the synthetic dataset is generated (once)",
+        default=None,
+        help="where the synthetic dataset is generated (once); default "
+        "~/.cache/sj_parallel/{dvs_gesture,cifar10dvs}_synthetic",
     )
-    d.add_argument("--synthetic-train-trials", type=int, default=8)
-    d.add_argument("--synthetic-test-trials", type=int, default=3)
+    d.add_argument(
+        "--synthetic-train",
+        "--synthetic-train-trials",
+        type=int,
+        default=8,
+        help="synthetic gestures: training trials (11 samples each); synthetic "
+        "CIFAR10-DVS: training samples per class",
+    )
+    d.add_argument("--synthetic-test", "--synthetic-test-trials", type=int, default=3)
     d.add_argument("--synthetic-events", type=int, default=2000)
     d.add_argument("-T", type=int, default=16, help="frames per sample (time steps)")
-    d.add_argument("--img-size", type=int, default=128, help="input resize (pixels)")
+    d.add_argument("--img-size", type=int, default=None, help="input resize (pixels)")
+    d.add_argument(
+        "--resize",
+        choices=("area", "bilinear", "bilinear-noaa"),
+        default=None,
+        help="area: sum pooling (keeps event counts); bilinear: torchvision's "
+        "Resize on tensors (antialiased, torchvision >= 0.17); bilinear-noaa: the "
+        "same without antialiasing (torchvision < 0.17); default: per --arch",
+    )
     d.add_argument("--augment", action="store_true", help="random crop (pad 4) + flip")
-    d.add_argument("--workers", type=int, default=0)
-    m = p.add_argument_group("model")
-    m.add_argument("--neuron", choices=NEURONS, default="psn")
-    m.add_argument("--backend", choices=("torch", "cupy"), default="torch")
-    m.add_argument("--channels", type=int, default=128)
-    m.add_argument("--hidden", type=int, default=512)
-    m.add_argument("--k", type=int, default=2, help="order of masked/sliding PSN")
-    m.add_argument("--tau", type=float, default=None, help="LIF tau / MPE decay")
+    x = p.add_argument_group("mixup (the MPE-PSN authors')")
+    x.add_argument("--mixup", action="store_true", help="batch mixup, see --mixup-*")
+    x.add_argument("--mixup-alpha", type=float, default=0.5)
+    x.add_argument("--mixup-prob", type=float, default=0.5, help="per batch")
+    x.add_argument(
+        "--mixup-last-epoch",
+        type=int,
+        default=140,
+        help="mix while epoch <= this (the authors switch off for epoch > 140)",
+    )
+    x.add_argument(
+        "--mixup-labels",
+        choices=("hard", "soft"),
+        default="hard",
+        help="hard: the argmax of the mixed target (the authors); soft: the mixed, "
+        "smoothed probabilities",
+    )
+    x.add_argument("--mixup-smoothing", type=float, default=0.1)
+    m = p.add_argument_group("network")
+    m.add_argument("--arch", choices=tuple(ARCHS), default="sj-dvsgesture")
+    m.add_argument("--channels", type=int, default=None, help="default: per --arch")
+    m.add_argument("--hidden", type=int, default=None, help="default: per --arch")
     m.add_argument(
-        "--mpe-estimate-from", choices=("previous", "current"), default="previous"
+        "--dropout-mode",
+        choices=("step", "shared"),
+        default=None,
+        help="step: a new mask per time step (the papers' code); shared: one mask "
+        "for all steps (SpikingJelly's layer.Dropout); default: per --arch",
     )
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=64)
-    t.add_argument("-b", "--batch-size", type=int, default=16)
-    t.add_argument("--opt", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--loss", choices=("mse", "tet"), default="mse")
-    t.add_argument("--mem-loss-weight", type=float, default=0.001)
-    t.add_argument("--mem-loss-epochs", type=int, default=None, help="default: all")
-    t.add_argument("--amp", action="store_true")
-    t.add_argument("--seed", type=int, default=2023)
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    o = p.add_argument_group("output")
-    o.add_argument("--out-dir", default="runs/dvs_gesture")
-    o.add_argument("--resume", action="store_true", help="continue from latest.pt")
-    o.add_argument("--overwrite", action="store_true", help="start over in --out-dir")
-    o.add_argument(
-        "--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS
+    add_neuron_args(p, k=2, exp_init=True)
+    t = engine.add_training_args(p, epochs=64, batch_size=16, opt="adam", lr=1e-3)
+    t.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=None,
+        help="mse: firing-rate MSE (spiking output layer); tet or ce: on logits; "
+        "default: the one the network's output layer was made for",
     )
-    o.add_argument("--no-progress", action="store_true")
+    t.add_argument("--tet-means", type=float, default=1.0)
+    t.add_argument("--tet-lambda", type=float, default=1e-3)
+    engine.add_output_args(p, out_dir="runs/dvs_gesture")
     a = p.parse_args(argv)
-    if a.T < 1 or a.epochs < 1 or a.batch_size < 1:
-        p.error("-T, --epochs and --batch-size must be >= 1")
-    if a.img_size < 4 or a.img_size & (a.img_size - 1):
-        p.error(f"--img-size must be a power of two >= 4, got {a.img_size}")
-    if a.neuron == "masked-psn" and not 1 <= a.k <= a.T:
-        p.error(f"--k must be in [1, T={a.T}] for masked-psn, got {a.k}")
+    arch = ARCHS[a.arch]
+    for k in ("channels", "hidden", "resize"):
+        if getattr(a, k) is None:
+            setattr(a, k, arch[k])
+    if a.dropout_mode is None:
+        a.dropout_mode = arch["dropout"]
+    if a.img_size is None:
+        a.img_size = 128
+    if a.cache_dir is None:
+        name = {"dvs128-gesture": "dvs_gesture", "cifar10dvs": "cifar10dvs"}
+        a.cache_dir = str(
+            DEFAULT_CACHE / "sj_parallel" / f"{name[a.dataset]}_synthetic"
+        )
+    if a.T < 1:
+        p.error("-T must be >= 1")
+    engine.check_training_args(p, a)
+    check_neuron_args(p, a)
+    s = a.img_size
+    if a.arch == "vggsnn":
+        if s < 16 or s % 16:
+            p.error(f"--img-size must be a multiple of 16 for vggsnn, got {s}")
+    elif s < 4 or s & (s - 1):
+        p.error(f"--img-size must be a power of two >= 4, got {s}")
+    try:
+        a.loss = check_loss(a.loss, arch["head"], a.arch)
+    except ValueError as e:
+        p.error(str(e))
     return a
 
 
@@ -106,7 +187,11 @@ class DataError(RuntimeError):
     """A data folder problem the user must fix; the message says how."""
 
 
-def _check_root(root: Path, T: int) -> None:
+def _check_root(
+    root: Path, T: int, dataset: str = "dvs128-gesture", count: bool = True
+) -> None:
+    """Clear errors for unusable roots; ``count``: check every sample has ``>= T``
+    events (needed until the frames for this ``T`` are built)."""
     markers = sorted(root.glob("*.building"))
     if markers:
         raise DataError(
@@ -114,15 +199,23 @@ def _check_root(root: Path, T: int) -> None:
             f"that marker and the half-built folder next to it, then run again."
         )
     events = root / "events_np"
-    if not events.is_dir() and not (root / "download").is_dir():
+    if dataset == "dvs128-gesture" and not (
+        events.is_dir() or (root / "download").is_dir()
+    ):
         raise DataError(
             f"{root} is not a DVS128 Gesture root: expected {root}/download/ holding "
             "DvsGesture.tar.gz, gesture_mapping.csv, LICENSE.txt and README.txt "
             "(downloaded manually from IBM), or an already converted "
             f"{root}/events_np/. See examples/dvs_gesture/README.md."
         )
-    if events.is_dir():
-        for f in sorted(events.glob("*/*/*.npz")):
+    if events.is_dir() and count:
+        files = sorted(events.rglob("*.npz"))
+        if not files:
+            raise DataError(
+                f"{events} holds no .npz files (an interrupted conversion?): remove "
+                "it and run again"
+            )
+        for f in files:
             with np.load(f) as z:
                 n = len(z["t"])
             if n < T:
@@ -132,49 +225,73 @@ def _check_root(root: Path, T: int) -> None:
                 )
 
 
+def _synthetic_root(a: argparse.Namespace, log):
+    if a.dataset == "dvs128-gesture":
+        mod, version = synthetic, synthetic.FORMAT_VERSION
+        key = f"v{version}_tr{a.synthetic_train}_te{a.synthetic_test}"
+    else:
+        mod, version = synthetic_cifar10dvs, synthetic_cifar10dvs.FORMAT_VERSION
+        key = f"c10dvs_v{version}_tr{a.synthetic_train}_te{a.synthetic_test}"
+    root = Path(a.cache_dir) / f"{key}_ev{a.synthetic_events}"
+    if not (root / "synthetic.json").exists():
+        if engine.is_main():
+            mod.generate(root, a.synthetic_train, a.synthetic_test, a.synthetic_events)
+        engine.barrier()
+    m = synthetic.read_manifest(root)
+    log(
+        f"data: SYNTHETIC {a.dataset} stand-in at {root} ({m['samples']['train']} "
+        f"train / {m['samples']['test']} test samples); pass --data-dir for the "
+        "real dataset"
+    )
+    return root, mod.loader_class(root), m
+
+
 def build_datasets(a: argparse.Namespace, log):
+    """(train set, test set, number of classes) from SpikingJelly's loader."""
+    test_per_class = cifar10dvs.TEST_PER_CLASS
     if a.data_dir:
         root = Path(a.data_dir)
         if not root.is_dir():
             raise DataError(f"--data-dir {root} does not exist")
-        from spikingjelly.datasets.dvs128_gesture import DVS128Gesture as cls
-
-        log(f"data: DVS128 Gesture from {root}")
+        if a.dataset == "dvs128-gesture":
+            from spikingjelly.datasets.dvs128_gesture import DVS128Gesture as cls
+        else:
+            cls = cifar10dvs.loader_class()
+            if not (root / "events_np").is_dir():
+                log(
+                    f"CIFAR10-DVS: SpikingJelly checks (and, where missing, downloads "
+                    f"from figshare) the ten class zips in {root}/download"
+                )
+        log(f"data: {a.dataset} from {root}")
     else:
-        key = (
-            f"v{synthetic.FORMAT_VERSION}_tr{a.synthetic_train_trials}_"
-            f"te{a.synthetic_test_trials}_ev{a.synthetic_events}"
-        )
-        root = Path(a.cache_dir) / key
-        if not (root / "synthetic.json").exists():
-            if _is_main():
-                synthetic.generate(
-                    root, a.synthetic_train_trials, a.synthetic_test_trials,
-                    a.synthetic_events,
-                )  # fmt: skip
-            _barrier()
-        cls = synthetic.loader_class(root)
-        m = synthetic.read_manifest(root)
-        log(
-            f"data: SYNTHETIC DVS128 Gesture stand-in at {root} "
-            f"({m['samples']['train']} train / {m['samples']['test']} test samples); "
-            "pass --data-dir for the real dataset"
-        )
-    _check_root(root, a.T)
+        root, cls, m = _synthetic_root(a, log)
+        test_per_class = m.get("test_per_class", test_per_class)
+    fresh = not (root / f"frames_number_{a.T}_split_by_number").is_dir()
+    _check_root(root, a.T, a.dataset, count=fresh)
     kw = dict(data_type="frame", frames_number=a.T, split_by="number")
-    if _is_main():  # one process converts, the others wait and then read
-        train = cls(str(root), train=True, **kw)
-        test = cls(str(root), train=False, **kw)
-    _barrier()
-    if not _is_main():
-        train = cls(str(root), train=True, **kw)
-        test = cls(str(root), train=False, **kw)
-    _check_root(root, a.T)
-    return train, test
+
+    def load():
+        if a.dataset == "dvs128-gesture":
+            return cls(str(root), train=True, **kw), cls(str(root), train=False, **kw)
+        ds = cls(str(root), **kw)
+        return (
+            cifar10dvs.TEBNSplit(ds, True, test_per_class),
+            cifar10dvs.TEBNSplit(ds, False, test_per_class),
+        )
+
+    if engine.is_main():  # one process converts, the others wait and then read
+        train, test = load()
+    engine.barrier()
+    if not engine.is_main():
+        train, test = load()
+    _check_root(root, a.T, a.dataset, count=fresh)
+    return train, test, CLASSES[a.dataset]
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    # x [T, N, C, H, W]: the same crop/flip for every step of a sample
+    # x [T, N, C, H, W]: the same crop/flip for every step of a sample (as
+    # torchvision's RandomCrop(size, padding=4) and RandomHorizontalFlip on a
+    # sample's [T, C, H, W] frames)
     T, N, C, H, W = x.shape
     pad = F.pad(x.flatten(0, 1), (4, 4, 4, 4)).view(T, N, C, H + 8, W + 8)
     out = torch.empty_like(x)
@@ -191,8 +308,18 @@ def prepare(frames, a, gen=None) -> torch.Tensor:
     x = torch.as_tensor(frames).float().transpose(0, 1)  # [N, T, ...] -> [T, N, ...]
     T, N = x.shape[:2]
     if a.img_size != x.shape[-1]:
-        scale = (x.shape[-1] / a.img_size) ** 2  # sum pooling keeps event counts
-        x = F.interpolate(x.flatten(0, 1), size=a.img_size, mode="area") * scale
+        x = x.flatten(0, 1)
+        if a.resize == "area":
+            scale = (x.shape[-1] / a.img_size) ** 2  # sum pooling keeps event counts
+            x = F.interpolate(x, size=a.img_size, mode="area") * scale
+        else:  # torchvision's transforms.Resize on tensors
+            x = F.interpolate(
+                x,
+                size=a.img_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=a.resize == "bilinear",
+            )
         x = x.view(T, N, *x.shape[1:])
     if gen is not None:
         x = _augment(x, gen)
@@ -200,298 +327,171 @@ def prepare(frames, a, gen=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- model
-def make_neuron(a: argparse.Namespace) -> nn.Module:
-    if a.neuron == "lif":
-        return neuron.LIFNode(
-            tau=2.0 if a.tau is None else a.tau,
-            surrogate_function=surrogate.ATan(),
-            detach_reset=True,
-        )
-    if a.neuron == "psn":
-        return sjp.PSN(a.T)
-    if a.neuron == "masked-psn":
-        return sjp.MaskedPSN(a.k, a.T)
-    if a.neuron == "sliding-psn":
-        return sjp.SlidingPSN(a.k)
-    return sjp.MPEPSN(
-        a.T, tau=0.25 if a.tau is None else a.tau, estimate_from=a.mpe_estimate_from
-    )
+def _dropout(a: argparse.Namespace, p: float) -> nn.Module:
+    # step: nn.Dropout on [T, N, F] draws a mask per (t, n), as the papers'
+    # SeqToANNContainer(nn.Dropout); shared: SpikingJelly's multi-step Dropout
+    # draws one mask per sample for all steps
+    return nn.Dropout(p) if a.dropout_mode == "step" else layer.Dropout(p)
 
 
-class DVSGestureNet(nn.Module):
-    """SpikingJelly's DVSGestureNet shape, with as many conv blocks as reach 4x4."""
+def _conv_pool_blocks(a: argparse.Namespace, blocks: int):
+    mods, c_in = [], 2
+    for _ in range(blocks):
+        mods += [
+            layer.Conv2d(c_in, a.channels, 3, padding=1, bias=False),
+            layer.BatchNorm2d(a.channels),
+            make_neuron(a),
+            layer.MaxPool2d(2, 2),
+        ]
+        c_in = a.channels
+    return nn.Sequential(*mods)
 
-    def __init__(self, a: argparse.Namespace):
+
+class SJDVSGestureNet(nn.Module):
+    """SpikingJelly's DVSGestureNet, with as many conv blocks as reach 4x4."""
+
+    def __init__(self, a: argparse.Namespace, classes: int):
         super().__init__()
-        blocks = int(math.log2(a.img_size // 4))
-        conv = []
-        c_in = 2
-        for _ in range(blocks):
-            conv += [
-                layer.Conv2d(c_in, a.channels, 3, padding=1, bias=False),
-                layer.BatchNorm2d(a.channels),
-                make_neuron(a),
-                layer.MaxPool2d(2, 2),
-            ]
-            c_in = a.channels
-        self.conv = nn.Sequential(*conv)
+        self.conv = _conv_pool_blocks(a, int(math.log2(a.img_size // 4)))
         self.fc = nn.Sequential(
             layer.Flatten(),
-            layer.Dropout(0.5),
+            _dropout(a, 0.5),
             layer.Linear(a.channels * 16, a.hidden),
             make_neuron(a),
-            layer.Dropout(0.5),
-            layer.Linear(a.hidden, 110),
+            _dropout(a, 0.5),
+            layer.Linear(a.hidden, classes * 10),
             make_neuron(a),
             layer.VotingLayer(10),
         )
-        functional.set_step_mode(self, "m")
-        if a.neuron != "lif":
-            sjp.set_backend(self, a.backend)
-        elif a.backend == "cupy":
-            functional.set_backend(self, "cupy", neuron.LIFNode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x))  # [T, N, 11] firing rates per step
+        return self.fc(self.conv(x))  # [T, N, classes] firing rates per step
 
 
-def task_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "mse":  # SpikingJelly's firing-rate MSE
-        return F.mse_loss(out.mean(0), F.one_hot(y, 11).float())
-    # TET (MPE-PSN recipe): mean_t CE(out_t) plus a small MSE towards 1
-    ce = torch.stack([F.cross_entropy(o, y) for o in out]).mean()
-    return (1 - 0.001) * ce + 0.001 * F.mse_loss(out, torch.ones_like(out))
+class MPEDVSGestureNet(nn.Module):
+    """The MPE-PSN authors' DVSGestureNet: conv blocks down to 2x2 (five at 64x64),
+    then logits (no output neuron) averaged over groups of 10."""
+
+    def __init__(self, a: argparse.Namespace, classes: int):
+        super().__init__()
+        self.conv = _conv_pool_blocks(a, int(math.log2(a.img_size // 2)))
+        self.fc = nn.Sequential(
+            layer.Flatten(),
+            _dropout(a, 0.5),
+            layer.Linear(a.channels * 4, a.hidden),
+            make_neuron(a),
+            _dropout(a, 0.5),
+            layer.Linear(a.hidden, classes * 10),
+            layer.VotingLayer(10),  # = their AvgPool1d(10, 10) on the logits
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))  # [T, N, classes] logits per step
 
 
-# ---------------------------------------------------------------- distributed
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+class VGGSNN(nn.Module):
+    """The CIFAR10-DVS VGG of the PSN and MPE-PSN papers' code (TEBN's VGGSNN
+    without TEBN): widths C, 2C, 4C, 4C, 8C, 8C, 8C, 8C (C = 64), conv with bias +
+    BN + neuron, 2x2 average pooling after every second layer, Dropout(0.25), one
+    linear layer to the logits. Conv weights: kaiming-normal (fan_out, relu)."""
+
+    def __init__(self, a: argparse.Namespace, classes: int):
+        super().__init__()
+        c = a.channels
+        widths = (c, 2 * c, 4 * c, 4 * c, 8 * c, 8 * c, 8 * c, 8 * c)
+        mods, c_in = [], 2
+        for i, w in enumerate(widths):
+            mods += [
+                layer.Conv2d(c_in, w, 3, padding=1),
+                layer.BatchNorm2d(w),
+                make_neuron(a),
+            ]
+            if i % 2:
+                mods.append(layer.AvgPool2d(2))
+            c_in = w
+        self.features = nn.Sequential(*mods)
+        side = a.img_size // 16
+        self.classifier = nn.Sequential(
+            layer.Flatten(),
+            _dropout(a, 0.25),
+            layer.Linear(widths[-1] * side * side, classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # [T, N, classes] logits per step
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+NETS = {
+    "sj-dvsgesture": SJDVSGestureNet,
+    "mpe-dvsgesture": MPEDVSGestureNet,
+    "vggsnn": VGGSNN,
+}
 
 
-def _setup_distributed(a) -> int:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        backend = "nccl" if a.device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if a.device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            a.device = f"cuda:{local}"
-    return world
-
-
-# ------------------------------------------------------------------ checkpoint
-def save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a broken file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    st = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def build_net(a: argparse.Namespace, classes: int) -> nn.Module:
+    return finish(NETS[a.arch](a, classes), a)
 
 
 # ------------------------------------------------------------------------ main
-def run_epoch(net, loader, a, epoch, opt=None, scaler=None, aug_gen=None):
-    train = opt is not None
-    net.train(train)
+def make_step(a: argparse.Namespace, aug_gen, mixer):
     dev = torch.device(a.device)
-    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
-    use_mem = a.neuron == "mpe-psn" and (
-        a.mem_loss_epochs is None or epoch < a.mem_loss_epochs
-    )
-    w = a.mem_loss_weight if use_mem else 0.0
-    tot = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, count
-    it = loader
-    if _is_main() and not a.no_progress:
-        from tqdm import tqdm
 
-        it = tqdm(
-            loader, desc=f"epoch {epoch} {'train' if train else 'test'}", leave=False
-        )
-    for frames, y in it:
+    def step(model, batch, train: bool, epoch: int):
+        frames, y = batch
         x = prepare(frames, a, aug_gen if train else None).to(dev)
         y = torch.as_tensor(y).to(dev)
-        with (
-            torch.set_grad_enabled(train),
-            torch.autocast(dev.type, dtype=amp_dtype, enabled=a.amp),
-        ):
-            out = net(x)
-            loss = task_loss(out.float(), y, a.loss)
-            if train and w > 0:
-                loss = (1 - w) * loss + w * sjp.membrane_loss(net)
-        if train:
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        functional.reset_net(net)
-        tot += torch.tensor(
-            [loss.item() * len(y), (out.mean(0).argmax(1) == y).sum().item(), len(y)],
-            dtype=torch.float64,
-            device=dev,
-        )
-    if dist.is_initialized():
-        dist.all_reduce(tot)
-    return tot[0].item() / tot[2].item(), tot[1].item() / tot[2].item()
+        target = y
+        if train and mixer is not None and epoch <= a.mixup_last_epoch:
+            x, target = mixer(x, y)
+        out = model(x).float()  # [T, N, classes]
+        loss = task_loss(a.loss, out, target, a)
+        correct = (out.mean(0).argmax(1) == hard(target)).sum().item()
+        return loss, correct, len(y)
+
+    return step
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    world = _setup_distributed(a)
-    out = Path(a.out_dir)
-    log = print if _is_main() else (lambda *_: None)
-    latest = out / "latest.pt"
-    if _is_main():
-        if latest.exists() and not (a.resume or a.overwrite):
-            raise SystemExit(
-                f"{out} already has checkpoints: pass --resume to continue or "
-                "--overwrite to start over"
-            )
-        if a.resume and not latest.exists():
-            raise SystemExit(f"--resume: no checkpoint at {latest}")
-        out.mkdir(parents=True, exist_ok=True)
-        if a.overwrite and not a.resume:  # start the metrics file over as well
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-    _barrier()
-    torch.manual_seed(a.seed)
-    np.random.seed(a.seed)
-    random.seed(a.seed)
+    run = engine.start_run(a)
     try:
-        train_set, test_set = build_datasets(a, log)
+        train_set, test_set, classes = build_datasets(a, run.log)
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
-
-    def loader(ds, train):
-        sampler = None
-        if world > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(
-                ds, shuffle=train, seed=a.seed
-            )
-        return torch.utils.data.DataLoader(
-            ds,
-            batch_size=a.batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            num_workers=a.workers,
-            drop_last=False,
-            generator=torch.Generator().manual_seed(a.seed) if train else None,
+    net = build_net(a, classes)
+    rngs = {}
+    if a.augment:
+        rngs["augment"] = torch.Generator().manual_seed(a.seed + 1)
+    mixer = None
+    if a.mixup:
+        rngs["mixup"] = np.random.default_rng(a.seed + 2)
+        mixer = AuthorsMixup(
+            classes,
+            rngs["mixup"],
+            alpha=a.mixup_alpha,
+            prob=a.mixup_prob,
+            smoothing=a.mixup_smoothing,
+            labels=a.mixup_labels,
         )
-
-    train_loader, test_loader = loader(train_set, True), loader(test_set, False)
-    dev = torch.device(a.device)
-    net = DVSGestureNet(a).to(dev)
-    model = net
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    if a.opt == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-    else:
-        opt = torch.optim.SGD(
-            net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
-        )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs)
-    scaler = torch.amp.GradScaler(dev.type, enabled=a.amp and dev.type == "cuda")
-    aug_gen = torch.Generator().manual_seed(a.seed + 1) if a.augment else None
-    start, best = 0, -1.0
-    if a.resume:
-        ck = torch.load(latest, map_location=dev, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        start, best = ck["epoch"] + 1, ck["best_acc"]
-        set_rng_state(ck["rng"])
-        if aug_gen is not None:
-            aug_gen.set_state(ck["aug_rng"])
-        log(f"resumed from {latest} at epoch {start}")
-    writer = None
-    if _is_main():
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
-        (out / "args.json").write_text(json.dumps(vars(a), indent=2))
-    log(f"model: DVSGestureNet, neuron={a.neuron}, backend={a.backend}, T={a.T}")
-    test_acc = 0.0
-    for epoch in range(start, a.epochs):
-        t0 = time.time()
-        for m in net.modules():
-            if isinstance(m, sjp.MaskedPSN):
-                m.lambda_ = sjp.masked_psn_lambda(epoch, a.epochs)
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        else:  # the shuffle order depends on the epoch only, so resuming repeats it
-            train_loader.generator.manual_seed(a.seed * 1000 + epoch)
-        tr_loss, tr_acc = run_epoch(model, train_loader, a, epoch, opt, scaler, aug_gen)
-        sched.step()
-        te_loss, test_acc = run_epoch(model, test_loader, a, epoch)
-        best = max(best, test_acc)
-        rec = {
-            "epoch": epoch,
-            "train_loss": tr_loss,
-            "train_acc": tr_acc,
-            "test_loss": te_loss,
-            "test_acc": test_acc,
-            "best_test_acc": best,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.time() - t0, 2),
-        }
-        if _is_main():
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
-                writer.add_scalar(k, rec[k], epoch)
-            ck = {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "best_acc": best,
-                "rng": rng_state(),
-                "aug_rng": None if aug_gen is None else aug_gen.get_state(),
-                "args": vars(a),
-            }
-            if test_acc >= best:
-                save_atomic(ck, out / "best.pt")
-            save_atomic(ck, latest)
-            log(
-                f"epoch {epoch}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | "
-                f"test loss {te_loss:.4f} acc {test_acc:.3f} (best {best:.3f}) "
-                f"[{rec['seconds']} s]"
-            )
-        _barrier()
-        if a.stop_after_epochs is not None and epoch + 1 >= a.stop_after_epochs:
-            log(f"stopping after epoch {epoch} as asked")
-            break
-    if writer is not None:
-        writer.close()
-    log(f"test accuracy: {test_acc:.4f} (best {best:.4f})")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    describe = (
+        f"{a.arch} on {a.dataset}, neuron={a.neuron}, backend={a.backend}, T={a.T}, "
+        f"{a.img_size}x{a.img_size}, loss={a.loss}"
+    )
+    engine.fit(
+        a,
+        run,
+        net,
+        train_set,
+        test_set,
+        make_step(a, rngs.get("augment"), mixer),
+        rngs=rngs,
+        epoch_info=lambda e: {"mixup": mixer is not None and e <= a.mixup_last_epoch},
+        describe=describe,
+    )
+    engine.finish_run()
     return 0
 
 
