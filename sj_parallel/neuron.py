@@ -604,11 +604,14 @@ class MPEPSN(ParallelNeuron):
         steps = mse.shape[0]
         if self.estimate_from == "current":
             first = max(start, 1)  # no pair at the very first step
-            kappa = kappa[first - 1 : start + steps - 1]
+            if first - 1 > 0 or start + steps - 1 < n:
+                kappa = kappa[first - 1 : start + steps - 1]
             mse = mse[first - start :]
-        else:
+        elif start > 0 or steps < n:
             kappa = kappa[start : start + steps]
-        return torch.dot(kappa, mse.to(kappa.dtype)) / max(n, 1)
+        if mse.dtype != kappa.dtype:
+            mse = mse.to(kappa.dtype)
+        return torch.dot(kappa, mse) / max(n, 1)
 
     @property
     def stochastic(self) -> bool:

@@ -69,6 +69,7 @@ word, 0 below 2**32 elements) into one word, so each sample costs one ``mix32``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Tuple
 
@@ -242,6 +243,7 @@ def mix32_int(v: int) -> int:
     return v
 
 
+@functools.lru_cache(maxsize=256)
 def hash_key(seed: Tuple[int, int], hi: int = 0) -> int:
     """The per-sequence key ``mix32(seed_lo ^ mix32(seed_hi + hi))`` (uint32)."""
     return mix32_int((seed[0] & _MASK32) ^ mix32_int(seed[1] + hi))
@@ -278,17 +280,22 @@ _NP_K1, _NP_K2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
 def _use_numpy(device) -> bool:
     """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)."""
-    if torch.device(device).type != "cpu":
+    if (device.type if isinstance(device, torch.device) else str(device)) != "cpu":
         return False
+    return not _is_compiling()
+
+
+def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
-    return not (compiler is not None and compiler.is_compiling())
+    return compiler is not None and compiler.is_compiling()
 
 
 def _np_hash24_rows(key: int, t0: int, steps: int, M: int, c0: int, c1: int):
     """The CPU path of :func:`_hash24_rows` for indices below 2**32 (hi word 0), in
-    numpy uint32 arithmetic: the same bits with a fraction of torch's per-op cost."""
+    numpy uint32 arithmetic: the same bits with a fraction of torch's per-op cost.
+    Returns a ``[steps, c1 - c0]`` uint32 numpy array."""
     if c0 == 0 and c1 == M:
-        lo = np.arange(t0 * M, (t0 + steps) * M, dtype=np.uint32)
+        lo = np.arange(t0 * M, (t0 + steps) * M, dtype=np.uint32).reshape(steps, M)
     else:
         rows = np.arange(t0, t0 + steps, dtype=np.uint32) * np.uint32(M)
         lo = rows[:, None] + np.arange(c0, c1, dtype=np.uint32)[None, :]
@@ -300,7 +307,7 @@ def _np_hash24_rows(key: int, t0: int, steps: int, M: int, c0: int, c1: int):
         if mult is not None:
             lo *= mult
     lo >>= 8
-    return torch.from_numpy(lo.view(np.int32)).view(steps, c1 - c0)
+    return lo
 
 
 def _hash24_rows(
@@ -311,7 +318,8 @@ def _hash24_rows(
     width = c1 - c0
     stop = (t0 + steps) * M
     if _use_numpy(device) and stop <= 2**32:
-        return _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c1)
+        lo = _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c1)
+        return torch.from_numpy(lo.view(np.int32))
     if stop <= 2**31:  # every index fits in 31 bits: int32, hi word 0
         if width == M:  # whole rows: one int32 range
             lo = torch.arange(t0 * M, stop, device=device, dtype=torch.int32)
@@ -350,15 +358,19 @@ def mpe_bernoulli(
         M = width
     steps = x.shape[0] if x.dim() == 2 else 1
     dtype = x.dtype if dtype is None else dtype
-    r24 = _hash24_rows(seed, t0, steps, M, c0, c0 + width, x.device)
-    p = torch.sigmoid(x.detach().float())
-    if _use_numpy(r24.device):  # numpy: the same values at a fraction of the cost
-        pn = p.numpy().reshape(steps, width)
-        pn *= np.float32(16777216.0)
-        b = np.less(r24.numpy().astype(np.float32), pn, out=pn)
-        b = torch.from_numpy(b).view(x.shape)
+    xf = x if x.dtype == torch.float32 and not x.requires_grad else x.detach().float()
+    if (t0 + steps) * M <= 2**32 and _use_numpy(x.device):
+        # numpy end to end (the same values at a fraction of torch's per-op cost);
+        # p comes from torch.sigmoid so that every path rounds it the same way
+        r = _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c0 + width)
+        p = torch.sigmoid(xf).numpy().reshape(r.shape)
+        p *= np.float32(16777216.0)
+        b = np.less(r.astype(np.float32), p, out=p).reshape(tuple(x.shape))
+        b = torch.from_numpy(b)
     else:
-        b = torch.lt(r24.view(x.shape).to(torch.float32), p.mul_(16777216.0), out=p)
+        r24 = _hash24_rows(seed, t0, steps, M, c0, c0 + width, x.device)
+        p = torch.sigmoid(xf).mul_(16777216.0)
+        b = torch.lt(r24.view(x.shape).to(torch.float32), p, out=p)
     return b if dtype == torch.float32 else b.to(dtype)
 
 

@@ -186,7 +186,7 @@ def spike(surrogate_function: Surrogate, h: torch.Tensor) -> torch.Tensor:
 #: On the CPU every op streams over ``[T, CHUNK]`` column blocks of about this many
 #: elements, so the chain of ops on a block stays in cache: neurons (columns) are
 #: independent, and one pass over ``[T, M]`` per op would be bound by DRAM.
-CHUNK_ELEMENTS = 1 << 17
+CHUNK_ELEMENTS = 1 << 18
 
 
 def column_chunks(T: int, M: int, device: torch.device):
