@@ -8,9 +8,9 @@ collects, in one report:
   headers found and NumPy;
 * the GPUs with their compute capability, and whether each backend can run, with the
   reason when it cannot;
-* an NVRTC compile of every kernel of the launcher (the representative variants of
-  :func:`sj_parallel.backends._cuda.kernel_variants`) for the GPU present, or for
-  ``sm_80`` without one;
+* an NVRTC compile of every kernel of the launcher (one typical variant per kernel
+  file and dtype, :func:`sj_parallel.backends._cuda.kernel_variants` with
+  ``minimal=True``) for the GPU present, or for ``sm_80`` without one;
 * on a GPU, one run of each op with backend ``'cupy'`` against backend ``'torch'``
   (:func:`compare_backends`), with the largest differences;
 * a fix for every problem found.
@@ -206,8 +206,9 @@ def compile_kernels(
     :type arch: str
     :param nvrtc: CuPy's NVRTC binding (``cupy_backends.cuda.libs.nvrtc``); loaded
         when ``None``
-    :param representative: compile the representative set of compile-time
-        constants only (the smallest, a typical and the largest)
+    :param representative: compile one typical variant per kernel file and dtype
+        (every kernel function once); ``False`` compiles every variant the launcher
+        can build (hundreds: slow)
     :type representative: bool
     :return: ``{"arch", "nvrtc", "include", "ok", "seconds", "variants", "error",
         "fix"}`` (``error``/``fix`` when nothing could be compiled: NVRTC missing, an
@@ -247,7 +248,13 @@ def compile_kernels(
         return out
     out["include"] = include[0][2:]
     arch_opt = (f"--gpu-architecture=compute_{arch}",)
-    for name, dtype, const in C.kernel_variants(representative=representative):
+    variants = (
+        C.kernel_variants(minimal=True)
+        if representative
+        else C.kernel_variants(representative=False)
+    )
+    for variant in variants:
+        name, dtype, const, flags = variant
         t0 = time.perf_counter()
         row: Dict[str, Any] = {
             "file": C.KERNEL_FILES[name],
@@ -258,7 +265,7 @@ def compile_kernels(
             "seconds": 0.0,
             "log": "",
         }
-        opts = C.variant_options(name, dtype, const) + include + arch_opt
+        opts = C.variant_options(name, dtype, const, flags) + include + arch_opt
         prog = nvrtc.createProgram(C.kernel_source(name), C.KERNEL_FILES[name], [], [])
         try:
             nvrtc.compileProgram(prog, list(opts))

@@ -243,10 +243,12 @@ def mix32_int(v: int) -> int:
     return v
 
 
-@functools.lru_cache(maxsize=256)
 def hash_key(seed: Tuple[int, int], hi: int = 0) -> int:
     """The per-sequence key ``mix32(seed_lo ^ mix32(seed_hi + hi))`` (uint32)."""
     return mix32_int((seed[0] & _MASK32) ^ mix32_int(seed[1] + hi))
+
+
+_cached_hash_key = functools.lru_cache(maxsize=256)(hash_key)
 
 
 def _hash24_(seed: Tuple[int, int], lo: torch.Tensor, hi) -> torch.Tensor:
@@ -318,7 +320,7 @@ def _hash24_rows(
     width = c1 - c0
     stop = (t0 + steps) * M
     if _use_numpy(device) and stop <= 2**32:
-        lo = _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c1)
+        lo = _np_hash24_rows(_cached_hash_key(seed, 0), t0, steps, M, c0, c1)
         return torch.from_numpy(lo.view(np.int32))
     if stop <= 2**31:  # every index fits in 31 bits: int32, hi word 0
         if width == M:  # whole rows: one int32 range
@@ -362,7 +364,7 @@ def mpe_bernoulli(
     if (t0 + steps) * M <= 2**32 and _use_numpy(x.device):
         # numpy end to end (the same values at a fraction of torch's per-op cost);
         # p comes from torch.sigmoid so that every path rounds it the same way
-        r = _np_hash24_rows(hash_key(seed, 0), t0, steps, M, c0, c0 + width)
+        r = _np_hash24_rows(_cached_hash_key(seed, 0), t0, steps, M, c0, c0 + width)
         p = torch.sigmoid(xf).numpy().reshape(r.shape)
         p *= np.float32(16777216.0)
         b = np.less(r.astype(np.float32), p, out=p).reshape(tuple(x.shape))

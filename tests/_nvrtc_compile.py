@@ -29,27 +29,24 @@ def main() -> None:
     from sj_parallel.backends import _cuda as C
 
     results = []
-    variants = []
-    for name in C.KERNEL_FILES:
-        for dtype in C.DTYPE_CODES:
-            fixed = [None, 1, 16, 64] if name == "psn" else [None]
-            for t in fixed:
-                variants.append((name, dtype, t))
+    variants = C.kernel_variants(representative=True)
     for arch in archs:
-        for name, dtype, t in variants:
+        for name, dtype, const, flags in variants:
             opts = (
-                C.compile_options(dtype, t)
+                C.variant_options(name, dtype, const, flags)
                 + C.include_options(version[0])
                 + (f"--gpu-architecture=compute_{arch}",)
             )
             prog = nvrtc.createProgram(C.kernel_source(name), f"{name}.cu", [], [])
-            entry = {"arch": arch, "name": name, "dtype": str(dtype), "fixed_t": t}
+            entry = {"arch": arch, "name": name, "dtype": str(dtype), "const": const}
+            entry["flags"] = [list(f) for f in flags]
             try:
                 nvrtc.compileProgram(prog, list(opts))
                 ptx = nvrtc.getPTX(prog)
                 ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
                 entry["ok"] = all(f".entry {k}" in ptx for k in C.KERNELS[name])
                 entry["log"] = nvrtc.getProgramLog(prog)
+                entry["mma"] = "mma.sync" in ptx
             except Exception as e:  # the log says why
                 entry["ok"] = False
                 entry["log"] = f"{e}: {nvrtc.getProgramLog(prog)}"

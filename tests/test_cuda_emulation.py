@@ -60,43 +60,65 @@ def _spikes_match(got, h_ref, what, margin=1e-3):
 
 
 # ------------------------------------------------------------------------- PSN
+def sg_args(sg):
+    """(compile-time flags, runtime a, c, d) of a surrogate for the kernels."""
+    kind, a, c, d = C.surrogate_params(sg)
+    return C.sg_flags(kind), (a, c, d)
+
+
+def run_psn(T, x, W, b, g, sg, grid=2, **load_kw):
+    """Forward and backward of the PSN kernels as the launcher runs them (the
+    launch configuration of _cuda.launch_config, per-block partials summed)."""
+    M = x.shape[1]
+    dtype = x.dtype
+    flags, sgp = sg_args(sg)
+    lib = H.load("psn", dtype, T, flags, **load_kw)
+    block, _, smem = C.launch_config("psn", "sjp_psn_forward", T)
+    s = H.poisoned((T, M), dtype)
+    lib.launch("sjp_psn_forward", grid, block, x, W, b, s, M, smem=smem)
+    block, _, smem = C.launch_config("psn", "sjp_psn_backward", T)
+    gx = H.poisoned((T, M), dtype)
+    gw = H.poisoned((grid, T, T), torch.float32)
+    gb = H.poisoned((grid, T), torch.float32)
+    lib.launch(
+        "sjp_psn_backward", grid, block, x, g, W, b, gx, gw, gb, M, *sgp, smem=smem,
+    )  # fmt: skip
+    return s, gx, gw.sum(0), gb.sum(0)
+
+
+# T: both forward loop orders (T <= 32 with 8/4/2/1 columns per thread, T > 32 with
+# t-groups), padded and unpadded mma tiles; M: one column, partial tiles, several
+# tiles per block (grid-stride)
 PSN_CASES = [
-    (1, 3, False),
-    (5, 130, False),
-    (16, 65, False),
-    (64, 70, False),
-    (5, 130, True),
-    (64, 70, True),
+    (1, 1),
+    (3, 70),
+    (5, 130),
+    (16, 65),
+    (24, 40),
+    (32, 97),
+    (33, 40),
+    (64, 70),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,M,fixed", PSN_CASES)
-def test_emulated_psn_forward_backward(dtype, T, M, fixed):
-    if fixed and dtype != torch.float32:
-        pytest.skip("the compile-time-T variant is checked in float32")
-    lib = H.load("psn", dtype, fixed_t=T if fixed else None)
+@pytest.mark.parametrize("T,M", PSN_CASES)
+def test_emulated_psn_forward_backward(dtype, T, M):
     torch.manual_seed(T * 1000 + M)
     x = torch.randn(T, M).to(dtype)
     W = torch.randn(T, T) / T**0.5
     b = torch.randn(T) * 0.5
-    x64, W64, b64 = x.double(), W.double(), b.double().unsqueeze(1)
-    h = ref.psn_h(x64, W64, b64)
-    s = H.poisoned((T, M), dtype)
-    lib.launch("sjp_psn_forward", 2, 64, x, W, b, s, M, T)
-    _spikes_match(s, h, f"psn forward {dtype} T={T}")
     g = torch.randn(T, M).to(dtype)
-    for sg in surrogates():
-        params = C.surrogate_params(sg)
-        gx = H.poisoned((T, M), dtype)
-        gW = torch.zeros(T, T)
-        gb = torch.zeros(T)
-        lib.launch("sjp_psn_backward", 2, 64, x, g, W, b, gx, gW, gb, M, T, *params)
+    x64, W64, b64 = x.double(), W.double(), b.double().unsqueeze(1)
+    sgs = surrogates() if T in (5, 33) else [surrogate.ATan(alpha=2.0)]
+    for sg in sgs:
+        s, gx, gW, gb = run_psn(T, x, W, b, g, sg)
+        h = ref.psn_h(x64, W64, b64)
+        _spikes_match(s, h, f"psn forward {dtype} T={T}")
         xr = x64.clone().requires_grad_(True)
         Wr = W64.clone().requires_grad_(True)
         br = b64.clone().requires_grad_(True)
-        out = ref.psn(xr, Wr, br, sg)
-        out.backward(g.double())
+        ref.psn(xr, Wr, br, sg).backward(g.double())
         name = f"psn {type(sg).__name__} {dtype} T={T}"
         _close(gx, xr.grad, dtype, name + " grad_x")
         _close(gW, Wr.grad, dtype, name + " grad_W")
@@ -104,29 +126,44 @@ def test_emulated_psn_forward_backward(dtype, T, M, fixed):
 
 
 # --------------------------------------------------------------------- sliding
+def run_sliding(k, x, w, b, g, sg, grid=2, **load_kw):
+    T, M = x.shape
+    flags, sgp = sg_args(sg)
+    lib = H.load("sliding", x.dtype, k, flags, **load_kw)
+    block, _, smem = C.launch_config("sliding", "sjp_sliding_forward", k)
+    s = H.poisoned((T, M), x.dtype)
+    lib.launch("sjp_sliding_forward", grid, block, x, w, b, s, M, T, smem=smem)
+    block, _, smem = C.launch_config("sliding", "sjp_sliding_backward", k)
+    gx = H.poisoned((T, M), x.dtype)
+    part = H.poisoned((grid, k + 1), torch.float32)
+    lib.launch(
+        "sjp_sliding_backward", grid, block, x, g, w, b, gx, part, M, T, *sgp,
+        smem=smem,
+    )  # fmt: skip
+    total = part.sum(0)
+    return s, gx, total[:k], total[k:]
+
+
+# k: one lane per column (k <= 8 backward, <= 16 forward), 2/4/8 lanes; T shorter
+# than k, than one unrolled block of steps, and several blocks with a partial last
+SLIDING_CASES = [(1, 1, 5), (5, 1, 130), (5, 3, 130), (3, 5, 40), (19, 12, 70),
+                 (16, 16, 129), (40, 20, 33), (9, 33, 17), (70, 64, 33)]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,k,M", [(1, 1, 5), (5, 1, 130), (5, 3, 130), (3, 5, 40),
-                                   (16, 16, 129), (70, 64, 33)])  # fmt: skip
+@pytest.mark.parametrize("T,k,M", SLIDING_CASES)
 def test_emulated_sliding_forward_backward(dtype, T, k, M):
-    lib = H.load("sliding", dtype)
     torch.manual_seed(T * 100 + k)
     x = torch.randn(T, M).to(dtype)
     w = torch.randn(k) / k**0.5
     b = torch.tensor([-0.2])
+    g = torch.randn(T, M).to(dtype)
     x64, w64 = x.double(), w.double()
     h = torch.addmm(b.double().reshape(1, 1), ref.sliding_weight_matrix(w64, T), x64)
-    s = H.poisoned((T, M), dtype)
-    lib.launch("sjp_sliding_forward", 2, 128, x, w, b, s, M, T, k)
-    _spikes_match(s, h, f"sliding forward {dtype} T={T} k={k}")
-    g = torch.randn(T, M).to(dtype)
-    for sg in surrogates():
-        params = C.surrogate_params(sg)
-        gx = H.poisoned((T, M), dtype)
-        gw = torch.zeros(k)
-        gb = torch.zeros(1)
-        lib.launch(
-            "sjp_sliding_backward", 2, 128, x, g, w, b, gx, gw, gb, M, T, k, *params
-        )
+    sgs = surrogates() if (T, k) in ((5, 3), (40, 20)) else [surrogate.ATan(alpha=2.0)]
+    for sg in sgs:
+        s, gx, gw, gb = run_sliding(k, x, w, b, g, sg)
+        _spikes_match(s, h, f"sliding forward {dtype} T={T} k={k}")
         xr = x64.clone().requires_grad_(True)
         wr = w64.clone().requires_grad_(True)
         br = b.double().reshape(()).clone().requires_grad_(True)
@@ -139,7 +176,9 @@ def test_emulated_sliding_forward_backward(dtype, T, k, M):
 
 # ------------------------------------------------------------------------- MPE
 def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg):
-    lib = H.load("mpe", dtype)
+    kind, *sgp = C.surrogate_params(sg)
+    flags = C.mpe_flags(wiring == "current", stochastic, need_mse, kind)
+    lib = H.load("mpe", dtype, None, flags)
     torch.manual_seed(T * 7 + M + t0)
     x = (torch.randn(T, M) * 1.5).to(dtype)
     v = torch.tensor([0.8])
@@ -147,16 +186,18 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg):
     seed = (123456789, 987654321)
     uh0 = (torch.randn(M) * 0.5).to(dtype) if state else None
     u0 = (torch.randn(M) * 0.5).to(dtype) if state else None
-    current = int(wiring == "current")
     # forward
+    grid = 3
     s = H.poisoned((T, M), dtype)
     uhl = H.poisoned((M,), dtype)
     ul = H.poisoned((M,), dtype)
-    mse = torch.zeros(T)
+    err = H.poisoned((grid, T), torch.float32)
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
     lib.launch(
-        "sjp_mpe_forward", 3, 128, x, uh0, u0, s, uhl, ul, mse, v, M, T, tau,
-        current, int(stochastic), seed[0], seed[1], t0, int(need_mse),
+        "sjp_mpe_forward", grid, block, x, uh0, u0, s, uhl, ul, err, v, M, T, tau,
+        seed[0], seed[1], t0, smem=smem,
     )  # fmt: skip
+    mse = err.sum(0) if need_mse else None
     x64 = x.double().requires_grad_(True)
     v64 = v.double().reshape(()).requires_grad_(True)
     uh064 = None if uh0 is None else uh0.double().requires_grad_(True)
@@ -178,6 +219,8 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg):
         _close(ul[keep], rul.detach()[keep], dtype, what + " u_last")
     if need_mse:
         _close(mse / M, rmse.detach(), dtype, what + " mse", scale=rmse.abs().max() + 1)
+    else:
+        assert torch.isnan(err).all()  # nothing written without need_mse
     # backward
     g_s = torch.randn(T, M).to(dtype)
     g_mse = torch.randn(T) if need_mse else None
@@ -186,12 +229,13 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg):
     gx = H.poisoned((T, M), dtype)
     guh0 = torch.zeros(M)
     gu0 = torch.zeros(M)
-    gv = torch.zeros(1)
-    params = C.surrogate_params(sg)
+    gv_part = H.poisoned((grid,), torch.float32)
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
     lib.launch(
-        "sjp_mpe_backward", 3, 128, x, uh0, u0, g_s, g_mse, g_uhl, g_ul, gx, guh0,
-        gu0, gv, v, M, T, tau, current, int(stochastic), seed[0], seed[1], t0, *params,
+        "sjp_mpe_backward", grid, block, x, uh0, u0, g_s, g_mse, g_uhl, g_ul, gx, guh0,
+        gu0, gv_part, v, M, T, tau, seed[0], seed[1], t0, *sgp, smem=smem,
     )  # fmt: skip
+    gv = gv_part.sum().reshape(1)
     outs = [rs, ruhl, rul]
     grads = [g_s.double(), None if g_uhl is None else g_uhl.double()]
     grads.append(None if g_ul is None else g_ul.double())
@@ -233,7 +277,7 @@ def test_emulated_mpe_surrogates(sg):
 
 def test_emulated_hash_equals_reference():
     """The kernel's Bernoulli draws equal the torch path's (no sample flips)."""
-    lib = H.load("mpe", torch.float32)
+    lib = H.load("mpe", torch.float32, None, C.mpe_flags(need_mse=False))
     T, M = 4, 5000
     torch.manual_seed(0)
     x = torch.randn(T, M) * 3
@@ -241,11 +285,81 @@ def test_emulated_hash_equals_reference():
     s = H.poisoned((T, M), torch.float32)
     uhl = H.poisoned((M,), torch.float32)
     ul = H.poisoned((M,), torch.float32)
-    mse = torch.zeros(T)
-    for t0 in (0, 7):
+    err = torch.zeros(2, T)
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
+    for t0 in (0, 7, 2**32 // M):  # the last crosses into the index's high word
         lib.launch(
-            "sjp_mpe_forward", 2, 128, x, None, None, s, uhl, ul, mse, v, M, T, 0.25,
-            0, 1, 42, 43, t0, 0,
+            "sjp_mpe_forward", 2, block, x, None, None, s, uhl, ul, err, v, M, T, 0.25,
+            42, 43, t0, smem=smem,
         )  # fmt: skip
         b = ref.mpe_bernoulli(x[-1:], (42, 43), t0 + T - 1)[0]
         assert torch.equal(uhl, (1 - b) * x[-1])
+
+
+@pytest.mark.parametrize("T,M", [(5, 40), (33, 20)])
+def test_emulated_psn_backward_without_tensor_cores(T, M):
+    """Before sm_80 the mma is computed with shuffles and FMAs (SJP_MMA_FALLBACK
+    selects that path here): the same results."""
+    torch.manual_seed(T)
+    x, g = torch.randn(T, M), torch.randn(T, M)
+    W, b = torch.randn(T, T) / T**0.5, torch.randn(T) * 0.5
+    sg = surrogate.ATan(alpha=2.0)
+    _, gx, gW, gb = run_psn(T, x, W, b, g, sg, defines=("-DSJP_MMA_FALLBACK",))
+    xr = x.double().requires_grad_(True)
+    Wr = W.double().requires_grad_(True)
+    br = b.double().unsqueeze(1).requires_grad_(True)
+    ref.psn(xr, Wr, br, sg).backward(g.double())
+    _close(gx, xr.grad, torch.float32, "fallback grad_x")
+    _close(gW, Wr.grad, torch.float32, "fallback grad_W")
+    _close(gb, br.grad.squeeze(1), torch.float32, "fallback grad_b")
+
+
+@pytest.mark.parametrize("name,const", [("psn", 7), ("psn", 40), ("sliding", 5),
+                                        ("sliding", 40), ("mpe", None)])  # fmt: skip
+def test_emulated_kernels_are_deterministic_and_use_no_float_atomics(name, const):
+    """Every kernel, instrumented: no float atomics; two runs give the same bits."""
+    flags = C.mpe_flags() if name == "mpe" else C.sg_flags(0)
+    lib = H.load(name, torch.float32, const, flags, instrument=True)
+    torch.manual_seed(0)
+    T = const if name == "psn" else 9
+    M = 77
+    x, g = torch.randn(T, M), torch.randn(T, M)
+    sg = surrogate.ATan(alpha=2.0)
+    results = []
+    for _ in range(2):
+        lib.reset_stats()
+        if name == "psn":
+            W, b = torch.randn(T, T) / T**0.5, torch.randn(T)
+            torch.manual_seed(1)
+            out = run_psn(T, x, W, b, g, sg, instrument=True)
+        elif name == "sliding":
+            w, b = torch.randn(const), torch.tensor([0.1])
+            out = run_sliding(const, x, w, b, g, sg, instrument=True)
+        else:
+            out = _run_mpe_pair(lib, x, g)
+        assert lib.stats()["float_atomics"] == 0
+        results.append(out)
+        torch.manual_seed(0)
+        x, g = torch.randn(T, M), torch.randn(T, M)
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)
+
+
+def _run_mpe_pair(lib, x, g, grid=3):
+    T, M = x.shape
+    v = torch.tensor([0.7])
+    s = H.poisoned((T, M), x.dtype)
+    uhl, ul = H.poisoned((M,), x.dtype), H.poisoned((M,), x.dtype)
+    err = H.poisoned((grid, T), torch.float32)
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
+    lib.launch("sjp_mpe_forward", grid, block, x, None, None, s, uhl, ul, err, v, M,
+               T, 0.25, 5, 6, 0, smem=smem)  # fmt: skip
+    gx = H.poisoned((T, M), x.dtype)
+    gv = H.poisoned((grid,), torch.float32)
+    gm = torch.ones(T)
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
+    lib.launch("sjp_mpe_backward", grid, block, x, None, None, g, gm, None, None, gx,
+               None, None, gv, v, M, T, 0.25, 5, 6, 0,
+               *C.surrogate_params(surrogate.PiecewiseQuadratic(alpha=1.0))[1:],
+               smem=smem)  # fmt: skip
+    return s, err.sum(0), gx, gv.sum().reshape(1)

@@ -28,10 +28,10 @@ from emulation import harness as H  # noqa: E402
 
 @pytest.fixture
 def emulated(monkeypatch):
-    def get_kernel(name, kernel, dtype, fixed_t=None):
-        lib = H.load(name, dtype, fixed_t)
+    def get_kernel(name, kernel, dtype, const=None, flags=()):
+        lib = H.load(name, dtype, const, flags)
 
-        def run(grid, block, args):
+        def run(grid, block, args, smem):
             conv = []
             for a in args:
                 if isinstance(a, np.integer):
@@ -39,15 +39,19 @@ def emulated(monkeypatch):
                 elif isinstance(a, np.floating):
                     a = float(a)
                 conv.append(a)
-            lib.launch(kernel, grid[0], block[0], *conv)
+            lib.launch(kernel, grid[0], block[0], *conv, smem=smem)
 
         return run
 
-    def launch(kernel, grid, block, args, device):
-        kernel((min(grid, 4),), (block,), list(args))  # small grids: grid-stride loops
+    def launch(kernel, grid, block, args, device, smem=0):
+        kernel((grid,), (block,), list(args), smem)
 
+    # small grids, so the grid-stride loops run several tiles per block
     monkeypatch.setattr(C, "get_kernel", get_kernel)
     monkeypatch.setattr(C, "launch", launch)
+    monkeypatch.setattr(
+        C, "device_grid", lambda k, tiles, block, smem, dev: min(tiles, 3)
+    )
     monkeypatch.setattr(cb, "_check", lambda x, name: x.contiguous())
 
 
@@ -75,18 +79,19 @@ TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["psn", "sliding"])
-def test_emulated_ops_psn_family(emulated, dtype, kind):
+@pytest.mark.parametrize("kind,T,k", [("psn", 6, 0), ("psn", 40, 0), ("sliding", 6, 3),
+                                      ("sliding", 21, 20)])  # fmt: skip
+def test_emulated_ops_psn_family(emulated, dtype, kind, T, k):
     torch.manual_seed(1)
-    T, M = 6, 70
+    M = 70
     sg = surrogate.ATan()
-    x = torch.randn(T, M).to(dtype)
     if kind == "psn":
         params = [torch.randn(T, T) / T**0.5, torch.randn(T, 1) * 0.3]
         ours, theirs = cb.psn, tb.psn
     else:
-        params = [torch.randn(3), torch.tensor(-0.2)]
+        params = [torch.randn(k) / k**0.5, torch.tensor(-0.2)]
         ours, theirs = cb.sliding_psn, tb.sliding_psn
+    x = torch.randn(T, M).to(dtype)
     g = torch.randn(T, M).to(dtype)
     (so,), go = _grads(lambda x, *p: ours(x, *p, sg), x, params, [g])
     (st,), gt = _grads(lambda x, *p: theirs(x, *p, sg), x, params, [g])

@@ -53,10 +53,17 @@ def _check(report: dict, arch: str, name: str, dtype: str) -> None:
         if r["arch"] == arch and r["name"] == name and r["dtype"] == dtype
     ]
     assert rows, "nothing was compiled"
-    expected = 4 if name == "psn" else 1  # psn: runtime T and T = 1, 16, 64
-    assert len(rows) == expected
+    expected = [
+        (v.const, [list(f) for f in v.flags])
+        for v in C.kernel_variants()
+        if v.name == name and str(v.dtype) == dtype
+    ]
+    assert [(r["const"], r["flags"]) for r in rows] == expected
     for r in rows:
-        assert r["ok"], f"{name} {dtype} T={r['fixed_t']} sm_{arch}: {r['log']}"
+        assert r["ok"], f"{name} {dtype} const={r['const']} sm_{arch}: {r['log']}"
+        # the PSN backward runs on tensor cores from sm_80 on, and on FMAs before
+        if name == "psn":
+            assert r["mma"] == (int(arch) >= 80), r
 
 
 @pytest.mark.skipif(not _nvrtc12_available(), reason="nvidia-cuda-nvrtc-cu12 missing")

@@ -280,11 +280,13 @@ def test_cuda_launch_keeps_temporaries_alive(monkeypatch):
         lambda device=None: types.SimpleNamespace(cuda_stream=0),
     )
 
-    def kernel(grid, block, args):
+    def kernel(grid, block, args, shared_mem=0):
         seen["args"] = args
+        seen["smem"] = shared_mem
 
     a = torch.ones(3)
-    C.launch(kernel, 2, 64, [a, None, a.to(torch.float64), np.int32(5)], a.device)
+    C.launch(kernel, 2, 64, [a, None, a.to(torch.float64), np.int32(5)], a.device, 512)
+    assert seen["smem"] == 512
     ptr_a, null, ptr_tmp, five = seen["args"]
     assert ptr_a == np.uint64(a.data_ptr()) and null == np.uint64(0) and five == 5
     assert ptr_tmp != ptr_a and isinstance(ptr_tmp, np.uint64)

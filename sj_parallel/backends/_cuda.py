@@ -7,8 +7,9 @@
 * Launches go on torch's current CUDA stream and are checked for launch errors.
 * Pointers travel as 64-bit integers, so float16/bfloat16 tensors need no CuPy dtype.
 
-The same :func:`kernel_source` and :func:`compile_options` feed the NVRTC compile
-checks and the CPU emulation harness in ``tests/``, so what is tested is what runs.
+The same :func:`kernel_source`, :func:`variant_options` and :func:`launch_config` feed
+the NVRTC compile checks, the CPU emulation harness in ``tests/`` and the static
+performance model in ``benchmarks/kernel_model.py``, so what is tested is what runs.
 SpikingJelly's own CuPy helpers are not used (their paths differ between versions).
 """
 
@@ -19,10 +20,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from ._occupancy import resident_blocks
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
 KERNEL_FILES = {"psn": "psn.cu", "sliding": "sliding_psn.cu", "mpe": "mpe_psn.cu"}
@@ -35,7 +38,6 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 PSN_MAX_T = 64
 SLIDING_MAX_K = 64
 MPE_MAX_T_MSE = 1024
-BLOCKS = {"psn": 64, "sliding": 128, "mpe": 128}
 
 # surrogate kinds, as in common.cuh
 SG_KINDS = {
@@ -55,46 +57,156 @@ def kernel_source(name: str) -> str:
     return text.replace('#include "common.cuh"', common)
 
 
-def compile_options(
-    dtype: torch.dtype, fixed_t: Optional[int] = None
-) -> Tuple[str, ...]:
-    """NVRTC/g++ defines for a dtype (and optionally a compile-time ``T``)."""
+def compile_options(dtype: torch.dtype) -> Tuple[str, ...]:
+    """NVRTC/g++ options common to every variant of ``dtype``; raises a clear
+    ``TypeError`` for a dtype the kernels do not support."""
     if dtype not in DTYPE_CODES:
         raise TypeError(
             f"backend 'cupy' supports float32, float16 and bfloat16 inputs, got "
             f"{dtype}; use backend='torch' for float64"
         )
-    opts = ["-std=c++14", f"-DSJP_DTYPE={DTYPE_CODES[dtype]}"]
-    if fixed_t is not None:
-        opts.append(f"-DSJP_FIXED_T={int(fixed_t)}")
-    return tuple(opts)
+    return ("-std=c++14", f"-DSJP_DTYPE={DTYPE_CODES[dtype]}")
+
+
+#: The compile-time constant of each kernel file: ``T`` for PSN, ``k`` for sliding PSN.
+CONSTANTS = {"psn": "SJP_T", "sliding": "SJP_K", "mpe": None}
+
+Flags = Tuple[Tuple[str, int], ...]
+
+
+class KernelVariant(NamedTuple):
+    """One build of a kernel file: dtype, compile-time constant and switches."""
+
+    name: str
+    dtype: torch.dtype
+    const: Optional[int] = None
+    flags: Flags = ()
+
+
+def sg_flags(sg_kind: int) -> Flags:
+    """The compile-time surrogate of a backward kernel (``SG_KINDS`` value)."""
+    return (("SJP_SG", int(sg_kind)),)
+
+
+def mpe_flags(
+    current: bool = False,
+    stochastic: bool = True,
+    need_mse: bool = True,
+    sg_kind: int = 2,
+) -> Flags:
+    """MPE-PSN's compile-time switches (wiring, sampling, loss) and surrogate."""
+    return (
+        ("SJP_MPE_CURRENT", int(bool(current))),
+        ("SJP_MPE_STOCHASTIC", int(bool(stochastic))),
+        ("SJP_MPE_MSE", int(bool(need_mse))),
+    ) + sg_flags(sg_kind)
 
 
 def variant_options(
-    name: str, dtype: torch.dtype, const: Optional[int] = None
+    name: str, dtype: torch.dtype, const: Optional[int] = None, flags: Flags = ()
 ) -> Tuple[str, ...]:
-    """The ``-D`` options of one kernel variant: file ``name``, ``dtype`` and its
-    compile-time constant (``T`` for ``"psn"``; ``None`` where the file has none)."""
-    return compile_options(dtype, const if name == "psn" else None)
+    """The ``-D`` options of one kernel variant: file ``name``, ``dtype``, its
+    compile-time constant (``T`` for ``"psn"``, ``k`` for ``"sliding"``; ``None`` for
+    ``"mpe"``, which has none) and switches (:func:`sg_flags`, :func:`mpe_flags`)."""
+    opts = compile_options(dtype)
+    macro = CONSTANTS[name]
+    if macro is not None:
+        if const is None:
+            raise ValueError(f"kernel file {name!r} needs its compile-time {macro}")
+        opts += (f"-D{macro}={int(const)}",)
+    return opts + tuple(f"-D{k}={int(v)}" for k, v in flags)
 
 
 def kernel_variants(
-    representative: bool = True,
-) -> List[Tuple[str, torch.dtype, Optional[int]]]:
-    """Every ``(file, dtype, compile-time constant)`` the launcher can build.
-
-    With ``representative=True`` only a few constants per file (the smallest, a
-    typical and the largest), enough to compile every kernel function once per dtype.
-    """
-    out: List[Tuple[str, torch.dtype, Optional[int]]] = []
-    for name in KERNEL_FILES:
-        if name == "psn":
-            consts = [1, 16, PSN_MAX_T] if representative else range(1, PSN_MAX_T + 1)
-        else:
-            consts = [None]
-        for dtype in DTYPE_CODES:
-            out += [(name, dtype, c) for c in consts]
+    representative: bool = True, minimal: bool = False
+) -> List[KernelVariant]:
+    """Every kernel variant the launcher can build (``representative=False``: every
+    constant, dtype and switch), or a representative set (``True``): the smallest,
+    typical and largest constants for each dtype, every surrogate and every MPE-PSN
+    switch once, enough to compile every kernel function and code path; ``minimal``:
+    one typical variant per file and dtype (every kernel function once). The launcher
+    builds a variant the first time it is used and caches it."""
+    dtypes = list(DTYPE_CODES)
+    out: List[KernelVariant] = []
+    sgs = sorted(set(SG_KINDS.values()))
+    if minimal:
+        for d in dtypes:
+            out += [
+                KernelVariant("psn", d, 16, sg_flags(0)),
+                KernelVariant("sliding", d, 2, sg_flags(0)),
+                KernelVariant("mpe", d, None, mpe_flags()),
+            ]
+        return out
+    if representative:
+        for name, consts in (("psn", [1, 16, 33, PSN_MAX_T]),
+                             ("sliding", [1, 2, 16, 33, SLIDING_MAX_K])):  # fmt: skip
+            out += [
+                KernelVariant(name, d, c, sg_flags(0)) for d in dtypes for c in consts
+            ]
+            out += [
+                KernelVariant(name, torch.float32, 16, sg_flags(k)) for k in sgs[1:]
+            ]
+        out += [KernelVariant("mpe", d, None, mpe_flags()) for d in dtypes]
+        for cur in (False, True):
+            for sto in (False, True):
+                for mse in (False, True):
+                    f = mpe_flags(cur, sto, mse)
+                    if f != mpe_flags():
+                        out.append(KernelVariant("mpe", torch.float32, None, f))
+        out += [
+            KernelVariant("mpe", torch.float32, None, mpe_flags(sg_kind=k))
+            for k in sgs
+            if k != 2
+        ]
+        return out
+    for d in dtypes:
+        for k in sgs:
+            out += [
+                KernelVariant("psn", d, t, sg_flags(k)) for t in range(1, PSN_MAX_T + 1)
+            ]
+            out += [
+                KernelVariant("sliding", d, c, sg_flags(k))
+                for c in range(1, SLIDING_MAX_K + 1)
+            ]
+            for cur in (False, True):
+                for sto in (False, True):
+                    for mse in (False, True):
+                        out.append(
+                            KernelVariant("mpe", d, None, mpe_flags(cur, sto, mse, k))
+                        )
     return out
+
+
+def _ceil(a: int, b: int) -> int:
+    return (a + b - 1) // b * b
+
+
+def launch_config(name: str, kernel: str, const: Optional[int] = None, T: int = 0):
+    """``(threads per block, neuron columns per tile, dynamic shared memory bytes)`` of
+    a kernel, mirroring the macros at the top of its ``.cu`` file (the emulation tests
+    launch with these numbers, so a mismatch fails them). ``T`` is the sequence length
+    for the MPE-PSN forward's per-step sums."""
+    if name == "psn":
+        t = int(const)
+        if kernel == "sjp_psn_forward":
+            if t <= 32:
+                v = 8 if t <= 4 else 4 if t <= 8 else 2 if t <= 16 else 1
+                tp = _ceil(t, 4)
+                return 128, 128 * v, 4 * (t * tp + t)
+            p = (t + 15) // 16
+            return p * 64, 128, 4 * (t * 16 * p + 16 * p)
+        tm, tk = _ceil(t, 16), _ceil(t, 8)
+        ws = tk + (36 - tk % 32) % 32
+        return 256, 32, 4 * (2 * tm * 32 + 2 * tm * ws + tm + tm * 4)
+    if name == "sliding":
+        k = int(const)
+        if kernel == "sjp_sliding_forward":
+            return 128, 128 // (1 if k <= 16 else 2 if k <= 32 else 4), 0
+        lanes = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
+        return 128, 128 // lanes, 4 * 4 * (k + 1)
+    if kernel == "sjp_mpe_forward":
+        return 128, 128, 4 * 4 * max(T, 1)
+    return 128, 128, 4 * 4
 
 
 @functools.cache
@@ -174,14 +286,21 @@ def _cupy():
 
 
 def get_kernel(
-    name: str, kernel: str, dtype: torch.dtype, fixed_t: Optional[int] = None
+    name: str,
+    kernel: str,
+    dtype: torch.dtype,
+    const: Optional[int] = None,
+    flags: Flags = (),
 ):
-    """The compiled ``kernel`` of file ``name`` for ``dtype`` on the current device."""
+    """The compiled ``kernel`` of file ``name`` for ``dtype`` (compile-time constant
+    and switches, see :func:`variant_options`) on the current device; cached per
+    (source, options, device), so each variant is built once, when first used."""
     cupy = _cupy()
     src = kernel_source(name)
     from cupy_backends.cuda.libs import nvrtc
 
-    opts = compile_options(dtype, fixed_t) + include_options(nvrtc.getVersion()[0])
+    opts = variant_options(name, dtype, const, flags)
+    opts += include_options(nvrtc.getVersion()[0])
     key = (src, opts, torch.cuda.current_device())
     mod = _MODULES.get(key)
     if mod is None:
@@ -195,26 +314,69 @@ def ptr(t: Optional[torch.Tensor]) -> np.uint64:
     return np.uint64(0 if t is None else t.data_ptr())
 
 
-def grid_for(M: int, block: int, cap: int = 65535) -> int:
-    """Blocks for ``M`` columns; kernels are grid-stride, so the grid is capped."""
-    if M <= 0:
-        return 1
-    return int(min((M + block - 1) // block, cap))
+# CUfunction_attribute values (CUDA driver API)
+_ATTR_SHARED_SIZE_BYTES = 1
+_ATTR_NUM_REGS = 4
+_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+_OPTED_IN: Dict[int, int] = {}
 
 
-def launch(kernel, grid: int, block: int, args: Sequence, device: torch.device) -> None:
+def kernel_resources(kernel) -> Tuple[int, int]:
+    """``(registers per thread, static shared memory bytes)`` of a compiled kernel."""
+    drv = _cupy().cuda.driver
+    return (
+        drv.funcGetAttribute(_ATTR_NUM_REGS, kernel.ptr),
+        drv.funcGetAttribute(_ATTR_SHARED_SIZE_BYTES, kernel.ptr),
+    )
+
+
+def device_grid(
+    kernel, n_tiles: int, block: int, dyn_smem: int, device: torch.device
+) -> int:
+    """Blocks for a grid-stride kernel: every SM filled with as many blocks as fit at
+    once (registers, shared memory, threads), never more than there are tiles.
+
+    The same device always gets the same grid, so the per-block partial sums, and the
+    results, are the same on every run.
+    """
+    props = torch.cuda.get_device_properties(device)
+    regs, static_smem = kernel_resources(kernel)
+    per_sm = resident_blocks(props.major * 10 + props.minor, block, regs,
+                             static_smem + dyn_smem)  # fmt: skip
+    return int(max(1, min(n_tiles, props.multi_processor_count * max(per_sm, 1))))
+
+
+def allow_dynamic_smem(kernel, nbytes: int) -> None:
+    """Opt the kernel in to more than 48 KB of dynamic shared memory if it needs it."""
+    if nbytes > 48 * 1024 and _OPTED_IN.get(kernel.ptr, 0) < nbytes:
+        _cupy().cuda.driver.funcSetAttribute(
+            kernel.ptr, _ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes
+        )
+        _OPTED_IN[kernel.ptr] = nbytes
+
+
+def launch(
+    kernel,
+    grid: int,
+    block: int,
+    args: Sequence,
+    device: torch.device,
+    smem: int = 0,
+) -> None:
     """Launch on torch's current stream of ``device`` and check for launch errors.
 
     Tensor arguments (and ``None`` for a null pointer) are passed as addresses. The
     caller's ``args`` keeps every tensor alive until the kernel is queued, so a
     temporary (a dtype conversion, a contiguous copy) cannot be freed and its memory
-    handed to the next temporary before the kernel reads it.
+    handed to the next temporary before the kernel reads it. ``smem`` is the dynamic
+    shared memory in bytes.
     """
     cupy = _cupy()
     raw = tuple(ptr(a) if a is None or isinstance(a, torch.Tensor) else a for a in args)
     with cupy.cuda.Device(device.index):
+        allow_dynamic_smem(kernel, smem)
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
         with stream:
-            kernel((grid,), (block,), raw)
+            kernel((grid,), (block,), raw, shared_mem=smem)
         # launch-configuration errors surface here, not asynchronously later
         cupy.cuda.runtime.getLastError()

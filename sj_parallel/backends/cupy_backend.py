@@ -41,6 +41,13 @@ def _f32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
+def _grid(kernel, name: str, kname: str, M: int, device, const=None, T: int = 0):
+    """``(grid, block, dynamic smem)`` of a launch over ``M`` neuron columns."""
+    block, cols, smem = C.launch_config(name, kname, const, T)
+    tiles = max(1, (M + cols - 1) // cols)
+    return C.device_grid(kernel, tiles, block, smem, device), block, smem
+
+
 # ----------------------------------------------------------------------------- PSN
 @torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())
 def psn_forward(
@@ -54,16 +61,12 @@ def psn_forward(
 ) -> Tensor:
     T, M = x.shape
     s = torch.empty_like(x)
-    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, fixed_t=T)
-    args = [
-        x,
-        _f32(weight),
-        _f32(bias),
-        s,
-        np.int64(M),
-        np.int32(T),
-    ]
-    C.launch(k, C.grid_for(M, C.BLOCKS["psn"]), C.BLOCKS["psn"], args, x.device)
+    if M == 0:
+        return s
+    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, T, C.sg_flags(sg_kind))
+    grid, block, smem = _grid(k, "psn", "sjp_psn_forward", M, x.device, T)
+    args = [x, _f32(weight), _f32(bias), s, np.int64(M)]
+    C.launch(k, grid, block, args, x.device, smem)
     return s
 
 
@@ -85,27 +88,30 @@ def psn_backward(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     T, M = x.shape
     gx = torch.empty_like(x)
-    gW = torch.zeros(T, T, dtype=torch.float32, device=x.device)
-    gb = torch.zeros(T, dtype=torch.float32, device=x.device)
-    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, fixed_t=T)
+    if M == 0:
+        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
+    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, T, C.sg_flags(sg_kind))
+    grid, block, smem = _grid(k, "psn", "sjp_psn_backward", M, x.device, T)
+    gw_part = torch.empty(grid, T, T, dtype=torch.float32, device=x.device)
+    gb_part = torch.empty(grid, T, dtype=torch.float32, device=x.device)
     args = [
         x,
         grad_s.to(x.dtype).contiguous(),
         _f32(weight),
         _f32(bias),
         gx,
-        gW,
-        gb,
+        gw_part,
+        gb_part,
         np.int64(M),
-        np.int32(T),
-        np.int32(sg_kind),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
     ]
-    grid = C.grid_for(M, C.BLOCKS["psn"], cap=1024)  # fewer blocks, fewer atomics
-    C.launch(k, grid, C.BLOCKS["psn"], args, x.device)
-    return gx, gW.to(weight.dtype), gb.view(T, 1).to(bias.dtype)
+    C.launch(k, grid, block, args, x.device, smem)
+    # the second, ordered pass over the per-block partials (deterministic)
+    gw = gw_part.sum(0)
+    gb = gb_part.sum(0)
+    return gx, gw.to(weight.dtype), gb.view(bias.shape).to(bias.dtype)
 
 
 @psn_backward.register_fake
@@ -163,20 +169,16 @@ def sliding_psn_forward(
     sg_d: float,
 ) -> Tensor:
     T, M = x.shape
+    k = weight.shape[0]
     s = torch.empty_like(x)
-    kern = C.get_kernel("sliding", "sjp_sliding_forward", x.dtype)
-    args = [
-        x,
-        _f32(weight),
-        _f32(bias).reshape(1),
-        s,
-        np.int64(M),
-        np.int32(T),
-        np.int32(weight.shape[0]),
-    ]
-    C.launch(
-        kern, C.grid_for(M, C.BLOCKS["sliding"]), C.BLOCKS["sliding"], args, x.device
+    if M == 0 or T == 0:
+        return s
+    kern = C.get_kernel(
+        "sliding", "sjp_sliding_forward", x.dtype, k, C.sg_flags(sg_kind)
     )
+    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_forward", M, x.device, k)
+    args = [x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T)]
+    C.launch(kern, grid, block, args, x.device, smem)
     return s
 
 
@@ -199,28 +201,31 @@ def sliding_psn_backward(
     T, M = x.shape
     k = weight.shape[0]
     gx = torch.empty_like(x)
-    gw = torch.zeros(k, dtype=torch.float32, device=x.device)
-    gb = torch.zeros(1, dtype=torch.float32, device=x.device)
-    kern = C.get_kernel("sliding", "sjp_sliding_backward", x.dtype)
+    if M == 0 or T == 0:
+        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
+    kern = C.get_kernel(
+        "sliding", "sjp_sliding_backward", x.dtype, k, C.sg_flags(sg_kind)
+    )
+    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_backward", M, x.device, k)
+    part = torch.empty(grid, k + 1, dtype=torch.float32, device=x.device)
     args = [
         x,
         grad_s.to(x.dtype).contiguous(),
         _f32(weight),
         _f32(bias).reshape(1),
         gx,
-        gw,
-        gb,
+        part,
         np.int64(M),
         np.int32(T),
-        np.int32(k),
-        np.int32(sg_kind),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
     ]
-    grid = C.grid_for(M, C.BLOCKS["sliding"], cap=1024)
-    C.launch(kern, grid, C.BLOCKS["sliding"], args, x.device)
-    return gx, gw.to(weight.dtype), gb.reshape(bias.shape).to(bias.dtype)
+    C.launch(kern, grid, block, args, x.device, smem)
+    total = part.sum(0)  # the second, ordered pass (deterministic)
+    gw = total[:k].to(weight.dtype, copy=True)  # outputs may not alias each other
+    gb = total[k].reshape(bias.shape).to(bias.dtype, copy=True)
+    return gx, gw, gb
 
 
 @sliding_psn_backward.register_fake
@@ -279,8 +284,16 @@ def mpe_psn_forward(
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
-    mse = torch.zeros(T, dtype=torch.float32, device=x.device)
-    kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype)
+    if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
+        uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
+        ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
+        return s, torch.zeros(T, dtype=torch.float32, device=x.device), uhl, ul
+    flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
+    kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype, None, flags)
+    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_forward", M, x.device, None, T)
+    if not need_mse:
+        smem = 0
+    err = torch.empty(grid if need_mse else 1, T, dtype=torch.float32, device=x.device)
     args = [
         x,
         None if u_hat0 is None else u_hat0.to(x.dtype).contiguous(),
@@ -288,20 +301,21 @@ def mpe_psn_forward(
         s,
         uhl,
         ul,
-        mse,
+        err,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
         np.float32(tau),
-        np.int32(current_wiring),
-        np.int32(stochastic),
         np.uint32(seed_lo),
         np.uint32(seed_hi),
         np.int64(t0),
-        np.int32(need_mse),
     ]
-    C.launch(kern, C.grid_for(M, C.BLOCKS["mpe"]), C.BLOCKS["mpe"], args, x.device)
-    return s, mse / max(M, 1), uhl, ul
+    C.launch(kern, grid, block, args, x.device, smem)
+    if need_mse:  # the second, ordered pass over the per-block sums (deterministic)
+        mse = err.sum(0) / M
+    else:
+        mse = torch.zeros(T, dtype=torch.float32, device=x.device)
+    return s, mse, uhl, ul
 
 
 @mpe_psn_forward.register_fake
@@ -341,12 +355,16 @@ def mpe_psn_backward(
     gx = torch.empty_like(x)
     guh0 = torch.zeros(M, dtype=torch.float32, device=x.device)
     gu0 = torch.zeros(M, dtype=torch.float32, device=x.device)
-    gv = torch.zeros(1, dtype=torch.float32, device=x.device)
+    if T == 0 or M == 0:
+        return gx, torch.zeros_like(v_threshold), guh0, gu0
 
     def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
         return None if t is None else t.to(dtype).contiguous()
 
-    kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype)
+    flags = C.mpe_flags(current_wiring, stochastic, grad_mse is not None, sg_kind)
+    kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype, None, flags)
+    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x.device)
+    gv_part = torch.empty(grid, dtype=torch.float32, device=x.device)
     args = [
         x,
         opt(u_hat0, x.dtype),
@@ -358,23 +376,20 @@ def mpe_psn_backward(
         gx,
         guh0,
         gu0,
-        gv,
+        gv_part,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
         np.float32(tau),
-        np.int32(current_wiring),
-        np.int32(stochastic),
         np.uint32(seed_lo),
         np.uint32(seed_hi),
         np.int64(t0),
-        np.int32(sg_kind),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
     ]
-    grid = C.grid_for(M, C.BLOCKS["mpe"], cap=4096)
-    C.launch(kern, grid, C.BLOCKS["mpe"], args, x.device)
+    C.launch(kern, grid, block, args, x.device, smem)
+    gv = gv_part.sum()  # the second, ordered pass (deterministic)
     return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
 
 

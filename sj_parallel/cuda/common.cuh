@@ -1,16 +1,34 @@
 // sj_parallel: helpers shared by every kernel.
 //
-// Compile-time switches (passed with -D by the launcher):
-//   SJP_DTYPE   0 = float32, 1 = float16, 2 = bfloat16  (the type of X, S and grads)
+// Compile-time switches (passed with -D by the launcher, sj_parallel/backends/_cuda.py):
+//   SJP_DTYPE      0 = float32, 1 = float16, 2 = bfloat16  (the type of X, S and grads)
+//   SJP_T / SJP_K  compile-time sequence length (PSN) / window (sliding PSN)
+//   SJP_SG         the surrogate function of the backward kernels (SJP_SG_* below)
+//   SJP_MPE_*      MPE-PSN's wiring, sampling and loss switches (mpe_psn.cu)
 //   SJP_EMULATION  defined by the CPU emulation harness (tests/emulation/shim.h),
-//                  which supplies the CUDA built-ins and the half types.
+//                  which supplies the CUDA built-ins, the half types, warp shuffles,
+//                  the tf32 mma and (with SJP_INSTRUMENT) access accounting.
 // Everything is computed in float32: values are loaded with sjp_load (converting to
 // float) and stored with sjp_store (converting back).
+//
+// Determinism: no kernel adds floats with atomics. Reductions over neurons (weight
+// gradients, the MPE-PSN loss) are summed inside a block in a fixed order and written
+// as one partial per block; the launcher adds the partials in a second, ordered pass.
 #pragma once
 
 #ifndef SJP_EMULATION
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+typedef float* sjp_smem_t;
+#define SJP_SMEM_RAW(s) (s)
+#define SJP_EMU_GLOBAL(addr, bytes, w) ((void)0)
+#define SJP_EMU_SHARED(addr, bytes, w) ((void)0)
+// The block's dynamic shared memory, as floats (sized by the launcher).
+#define SJP_DYN_SMEM(name)                                   \
+  extern __shared__ __align__(16) float sjp_dyn_smem_[];     \
+  sjp_smem_t name = sjp_dyn_smem_
+#else
+#define SJP_DYN_SMEM(name) sjp_smem_t name = (float*)sjp_emu_dyn_smem
 #endif
 
 #ifndef SJP_DTYPE
@@ -43,16 +61,19 @@ __device__ __forceinline__ void sjp_from_float(float v, __nv_bfloat16* out) {
   *out = __float2bfloat16_rn(v);
 }
 
+// Global loads and stores of the big [T, M] tensors (instrumented in emulation).
 __device__ __forceinline__ float sjp_load(const sjp_scalar* p, sjp_index i) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 0);
   return sjp_to_float(p[i]);
 }
 __device__ __forceinline__ void sjp_store(sjp_scalar* p, sjp_index i, float v) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 1);
   sjp_from_float(v, p + i);
 }
 
 // ---------------------------------------------------------------- surrogates
-// d Θ_surrogate(x) / dx for SpikingJelly's surrogate functions. `a` and `c` are read
-// from the surrogate object by the launcher (sj_parallel/backends/_cuda.py).
+// d Θ_surrogate(x) / dx for SpikingJelly's surrogate functions. `a`, `c` and `d` are
+// read from the surrogate object by the launcher (sj_parallel/backends/_cuda.py).
 #define SJP_SG_ATAN 0                  // a = alpha
 #define SJP_SG_SIGMOID 1               // a = alpha
 #define SJP_SG_PIECEWISE_QUADRATIC 2   // a = alpha
@@ -90,6 +111,14 @@ __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
   }
 }
 
+// The surrogate of this build: SJP_SG (compile-time, so the switch above folds away).
+#ifndef SJP_SG
+#define SJP_SG SJP_SG_ATAN
+#endif
+__device__ __forceinline__ float sjp_sg(float x, float a, float c, float d) {
+  return sjp_surrogate_grad(SJP_SG, x, a, c, d);
+}
+
 // Θ(x) = [x >= 0]; NaN gives 0.
 __device__ __forceinline__ float sjp_heaviside(float x) { return x >= 0.0f ? 1.0f : 0.0f; }
 
@@ -112,30 +141,112 @@ __device__ __forceinline__ unsigned int sjp_hash_key(unsigned int seed_lo,
   return sjp_mix32(seed_lo ^ sjp_mix32(seed_hi + hi));
 }
 
+// u for the low index word `lo` under `key` (the key of the index's high word)
+__device__ __forceinline__ float sjp_hash_uniform_key(unsigned int key, unsigned int lo) {
+  return (float)(sjp_mix32(lo ^ key) >> 8) * 5.9604644775390625e-08f;  // 2^-24
+}
+
 __device__ __forceinline__ float sjp_hash_uniform(unsigned int seed_lo,
                                                   unsigned int seed_hi,
                                                   unsigned long long index) {
-  const unsigned int lo = (unsigned int)(index & 0xffffffffull);
-  const unsigned int hi = (unsigned int)(index >> 32);
-  const unsigned int r = sjp_mix32(lo ^ sjp_hash_key(seed_lo, seed_hi, hi));
-  return (float)(r >> 8) * 5.9604644775390625e-08f;  // 2^-24
+  const unsigned int key =
+      sjp_hash_key(seed_lo, seed_hi, (unsigned int)(index >> 32));
+  return sjp_hash_uniform_key(key, (unsigned int)(index & 0xffffffffull));
 }
 
 __device__ __forceinline__ float sjp_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// ---------------------------------------------------------- block reduction
-// Sum of `v` over the block (blockDim.x a power of two <= SJP_BLOCK). Every thread
-// must call it; the result is valid in thread 0. `buf` is shared scratch of
-// SJP_BLOCK floats; the function leaves it reusable (ends with a barrier).
-__device__ __forceinline__ float sjp_block_sum(float v, float* buf) {
-  const int tid = threadIdx.x;
-  buf[tid] = v;
+// ------------------------------------------------------------ warp and block
+#define SJP_FULL_MASK 0xffffffffu
+
+// Sum over the 32 lanes of a warp (butterfly: every lane gets the same total, in the
+// same order on every run).
+__device__ __forceinline__ float sjp_warp_sum(float v) {
+  v += __shfl_xor_sync(SJP_FULL_MASK, v, 16);
+  v += __shfl_xor_sync(SJP_FULL_MASK, v, 8);
+  v += __shfl_xor_sync(SJP_FULL_MASK, v, 4);
+  v += __shfl_xor_sync(SJP_FULL_MASK, v, 2);
+  v += __shfl_xor_sync(SJP_FULL_MASK, v, 1);
+  return v;
+}
+
+// Sum of `v` over the block, in a fixed order: warp sums, then thread 0 adds the
+// warp sums in warp order. Every thread must call it; the result is valid in thread
+// 0. `scratch` holds blockDim.x / 32 floats; the function ends with a barrier.
+__device__ __forceinline__ float sjp_block_sum(float v, sjp_smem_t scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = sjp_warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (tid < s) buf[tid] += buf[tid + s];
-    __syncthreads();
-  }
-  const float r = buf[0];
+  float r = 0.0f;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) r += scratch[w];
   __syncthreads();
   return r;
+}
+
+// ------------------------------------------------------------------ tf32 mma
+// D = A B + C for one warp, mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32:
+// lane l (g = l >> 2, q = l & 3) holds a[0..3] = A[g][q], A[g+8][q], A[g][q+4],
+// A[g+8][q+4]; b[0..1] = B[q][g], B[q+4][g]; c/d[0..3] = C[g][2q], C[g][2q+1],
+// C[g+8][2q], C[g+8][2q+1]. Every lane of the warp must call it.
+__device__ __forceinline__ unsigned int sjp_to_tf32(float x) {
+#if defined(SJP_EMULATION)
+  return sjp_emu_to_tf32(x);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else
+  // round to 10 mantissa bits, ties away from zero (what cvt.rna.tf32 does)
+  unsigned int u = __float_as_uint(x);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  return u;
+#endif
+}
+
+__device__ __forceinline__ void sjp_mma_tf32(float* d, const unsigned int* a,
+                                             const unsigned int* b, const float* c) {
+#if defined(SJP_EMULATION) && !defined(SJP_MMA_FALLBACK)
+  sjp_emu_mma_tf32(d, a, b, c);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(SJP_MMA_FALLBACK)
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+        "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#else
+  // Before sm_80 (no tf32 tensor cores): the same product with shuffles and FMAs.
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  float acc[4] = {c[0], c[1], c[2], c[3]};
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    // A[row][k] lives in lane (row % 8) * 4 + k % 4, register (row >= 8) + 2 (k >= 4)
+    const int src_a = g * 4 + (k & 3), ra = (k >= 4) ? 2 : 0;
+    const float a_lo = __uint_as_float(__shfl_sync(SJP_FULL_MASK, a[ra], src_a));
+    const float a_hi = __uint_as_float(__shfl_sync(SJP_FULL_MASK, a[ra + 1], src_a));
+    // B[k][col] lives in lane col * 4 + k % 4, register (k >= 4)
+    const int rb = (k >= 4) ? 1 : 0;
+    const float b0 = __uint_as_float(__shfl_sync(SJP_FULL_MASK, b[rb], 2 * q * 4 + (k & 3)));
+    const float b1 =
+        __uint_as_float(__shfl_sync(SJP_FULL_MASK, b[rb], (2 * q + 1) * 4 + (k & 3)));
+    acc[0] += a_lo * b0;
+    acc[1] += a_lo * b1;
+    acc[2] += a_hi * b0;
+    acc[3] += a_hi * b1;
+  }
+  d[0] = acc[0];
+  d[1] = acc[1];
+  d[2] = acc[2];
+  d[3] = acc[3];
+#endif
+}
+
+// x = hi + lo with both parts representable in tf32 (3xTF32 products keep ~fp32
+// accuracy: a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi).
+__device__ __forceinline__ void sjp_split_tf32(float x, unsigned int* hi,
+                                               unsigned int* lo) {
+  *hi = sjp_to_tf32(x);
+  *lo = sjp_to_tf32(x - __uint_as_float(*hi));
 }

@@ -4,42 +4,56 @@
 //   û_t = (1 - sigmoid(I_t)) I_t                                          (expectation)
 //   previous wiring: h_t = I_t + tau * û_{t-1}   (û_{-1} = u_hat0 or 0)
 //   current wiring:  h_t = I_t + tau * c_t û_t,  c_t = [t0 + t > 0]
-//   o_t = Θ(h_t - v), u_t = (1 - o_t) h_t
+//   o_t = Θ(h_t - v), u_t = (1 - o_t) h_t  (the spike is not detached in the loss)
 //   mse_t = mean_m e_t^2, e_t = û_t - u_t (previous) or c_t (û_t - u_{t-1}) (current)
 //
-// Launch layout: 1-D grid of SJP_MPE_BLOCK (128) threads, grid-stride over neuron
-// columns; each thread walks its column over time (forward) or backwards (backward).
+// Launch layout: blocks of SJP_MPE_BLOCK (128) threads walk tiles of 128 neuron
+// columns (grid-stride over tiles; the launcher sizes the grid from the SM count and
+// the resident blocks per SM); thread `tid` owns column m = tile * 128 + tid and walks
+// its column over time (forward) or backwards (backward). Loads and stores of a warp
+// are 32 consecutive columns of one row: fully coalesced.
 //
 // Forward (sjp_mpe_forward): reads I once, writes S once, and [M] last-step states
-// (û_{T-1}, u_{T-1}) for the next call. With need_mse, e_t^2 is summed per step in
-// shared memory (T <= SJP_MPE_MAX_T_MSE) and flushed with one atomicAdd per step per
-// block into mse_sum[T] (the caller divides by M). Nothing is saved for backward:
-// the Bernoulli samples are regenerated from the hash.
+// (û_{T-1}, u_{T-1}) for the next call. With need_mse, e_t^2 is summed over the warp
+// with shuffles and added by lane 0 to its warp's row of a [warps, T] table in dynamic
+// shared memory (one writer per row: no atomics); at the end the block adds the rows in
+// warp order and writes one partial per step, err_partial[block][t]; the launcher sums
+// the partials over blocks in a fixed order. Nothing is saved for backward: the
+// Bernoulli samples are regenerated from the hash.
 // Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M.
 //
-// Backward (sjp_mpe_backward): walks t from T-1 to 0 recomputing û, h, o, u of steps
-// t and t-1 from I (two reads of each I, the second from cache), carrying grad_h of
-// step t+1; writes grad_I once. grad_v = -sum g_S * surrogate'(h - v) is reduced in
-// the block and added with one atomicAdd per block.
+// Backward (sjp_mpe_backward): walks t from T-1 to 0 keeping the estimates of steps t,
+// t-1, t-2 and the step values of t, t-1 in registers, so every estimate (hash,
+// sigmoid) is computed once; carries the gradient of h_{t+1}; writes grad_I once.
+// grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order and
+// written as gv_partial[block].
 // Bytes: read 2*T*M (I, grad_S), write T*M (grad_I) (+ [M] state grads).
 #include "common.cuh"
 
 #define SJP_MPE_BLOCK 128
-#define SJP_MPE_MAX_T_MSE 1024
+// compile-time switches (each build has branch-free loops)
+#ifndef SJP_MPE_CURRENT
+#define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
+#endif
+#ifndef SJP_MPE_STOCHASTIC
+#define SJP_MPE_STOCHASTIC 1  // 1: sampled estimate, 0: the expectation
+#endif
+#ifndef SJP_MPE_MSE
+#define SJP_MPE_MSE 1  // forward: 1 sums e_t^2 for the membrane loss
+#endif
 
 struct SjpEst {
   float uh;    // the estimate û
   float dudx;  // dû/dI
 };
 
-__device__ __forceinline__ SjpEst sjp_mpe_estimate(float xi, int stochastic,
-                                                   unsigned int seed_lo,
-                                                   unsigned int seed_hi,
-                                                   unsigned long long index) {
+// The estimate of step value xi with global index lo (low word) under key.
+__device__ __forceinline__ SjpEst sjp_mpe_estimate(float xi, unsigned int key,
+                                                   unsigned int lo) {
   SjpEst r;
   const float p = sjp_sigmoid(xi);
-  if (stochastic) {
-    const float b = sjp_hash_uniform(seed_lo, seed_hi, index) < p ? 1.0f : 0.0f;
+  if (SJP_MPE_STOCHASTIC) {
+    const float b = sjp_hash_uniform_key(key, lo) < p ? 1.0f : 0.0f;
     r.uh = (1.0f - b) * xi;
     r.dudx = 1.0f - b;
   } else {
@@ -49,120 +63,139 @@ __device__ __forceinline__ SjpEst sjp_mpe_estimate(float xi, int stochastic,
   return r;
 }
 
-extern "C" __global__ void sjp_mpe_forward(
-    const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
-    const sjp_scalar* __restrict__ u0, sjp_scalar* __restrict__ s,
-    sjp_scalar* __restrict__ u_hat_last, sjp_scalar* __restrict__ u_last,
-    float* __restrict__ mse_sum, const float* __restrict__ v_th, const sjp_index M,
-    const int T, const float tau, const int current_wiring, const int stochastic,
-    const unsigned int seed_lo, const unsigned int seed_hi, const long long t0,
-    const int need_mse) {
-  __shared__ float mse_s[SJP_MPE_MAX_T_MSE];
-  if (need_mse) {
-    for (int t = threadIdx.x; t < T; t += blockDim.x) mse_s[t] = 0.0f;
+// Key of the index's high word, recomputed only when it changes (past 2^32 elements).
+struct SjpKeyCache {
+  unsigned int seed_lo, seed_hi, hi, key;
+  __device__ __forceinline__ unsigned int get(unsigned long long index) {
+    const unsigned int h = (unsigned int)(index >> 32);
+    if (h != hi) {
+      hi = h;
+      key = sjp_hash_key(seed_lo, seed_hi, h);
+    }
+    return key;
   }
+};
+
+extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
+    sjp_mpe_forward(const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
+                    const sjp_scalar* __restrict__ u0, sjp_scalar* __restrict__ s,
+                    sjp_scalar* __restrict__ u_hat_last, sjp_scalar* __restrict__ u_last,
+                    float* __restrict__ err_partial, const float* __restrict__ v_th,
+                    const sjp_index M, const int T, const float tau,
+                    const unsigned int seed_lo, const unsigned int seed_hi,
+                    const long long t0) {
+  constexpr bool need_mse = SJP_MPE_MSE, current_wiring = SJP_MPE_CURRENT;
+  SJP_DYN_SMEM(err_s);  // [warps][T] per-warp sums of e_t^2 (need_mse only)
+  if (T <= 0) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  if (need_mse)
+    for (int i = threadIdx.x; i < warps * T; i += blockDim.x) err_s[i] = 0.0f;
   __syncthreads();
   const float v = v_th[0];
-  const sjp_index stride = (sjp_index)gridDim.x * blockDim.x;
-  for (sjp_index m = (sjp_index)blockIdx.x * blockDim.x + threadIdx.x; m < M;
-       m += stride) {
-    float uh_prev = u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
-    float u_prev = u0 ? sjp_load(u0, m) : 0.0f;
+  SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};
+  const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
+#pragma unroll 1
+  for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    const sjp_index m = tile * blockDim.x + threadIdx.x;
+    const bool valid = m < M;
+    float uh_prev = valid && u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
+    float u_prev = valid && u0 ? sjp_load(u0, m) : 0.0f;
+#pragma unroll 1
     for (int t = 0; t < T; ++t) {
-      const float xi = sjp_load(x, (sjp_index)t * M + m);
-      const unsigned long long index = (unsigned long long)(t0 + t) * M + m;
-      const SjpEst e = sjp_mpe_estimate(xi, stochastic, seed_lo, seed_hi, index);
-      const bool first = (t0 + t) == 0;
-      float h;
-      if (current_wiring) {
-        h = first ? xi : xi + tau * e.uh;
-      } else {
-        h = xi + tau * uh_prev;
+      float err = 0.0f;
+      if (valid) {
+        const float xi = sjp_load(x, (sjp_index)t * M + m);
+        const unsigned long long index = (unsigned long long)(t0 + t) * M + m;
+        const SjpEst e = sjp_mpe_estimate(xi, kc.get(index), (unsigned int)index);
+        const bool first = (t0 + t) == 0;
+        const float h = current_wiring ? (first ? xi : xi + tau * e.uh)
+                                       : xi + tau * uh_prev;
+        const float o = sjp_heaviside(h - v);
+        sjp_store(s, (sjp_index)t * M + m, o);
+        const float u = (1.0f - o) * h;
+        err = current_wiring ? (first ? 0.0f : e.uh - u_prev) : e.uh - u;
+        uh_prev = e.uh;
+        u_prev = u;
       }
-      const float o = sjp_heaviside(h - v);
-      sjp_store(s, (sjp_index)t * M + m, o);
-      const float u = (1.0f - o) * h;
-      if (need_mse) {
-        float err;
-        if (current_wiring) {
-          err = first ? 0.0f : e.uh - u_prev;
-        } else {
-          err = e.uh - u;
-        }
-        atomicAdd(mse_s + t, err * err);
+      if (need_mse) {  // block-uniform: every lane takes part in the shuffles
+        const float sum = sjp_warp_sum(err * err);
+        if (lane == 0) err_s[warp * T + t] += sum;
       }
-      uh_prev = e.uh;
-      u_prev = u;
     }
-    if (u_hat_last) sjp_store(u_hat_last, m, uh_prev);
-    if (u_last) sjp_store(u_last, m, u_prev);
+    if (valid && u_hat_last) sjp_store(u_hat_last, m, uh_prev);
+    if (valid && u_last) sjp_store(u_last, m, u_prev);
   }
+  if (!need_mse) return;
   __syncthreads();
-  if (need_mse) {
-    for (int t = threadIdx.x; t < T; t += blockDim.x) atomicAdd(mse_sum + t, mse_s[t]);
+  for (int t = threadIdx.x; t < T; t += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += err_s[w * T + t];
+    err_partial[(sjp_index)blockIdx.x * T + t] = sum;
   }
 }
 
 // Step values recomputed in backward.
 struct SjpStep {
-  SjpEst est;
   float h, z, s, u;
 };
 
-extern "C" __global__ void sjp_mpe_backward(
+__device__ __forceinline__ SjpStep sjp_mpe_step(float xi, float uh_own, float uh_prev,
+                                                bool first, float tau, float v) {
+  SjpStep r;
+  r.h = SJP_MPE_CURRENT ? (first ? xi : xi + tau * uh_own) : xi + tau * uh_prev;
+  r.z = r.h - v;
+  r.s = sjp_heaviside(r.z);
+  r.u = (1.0f - r.s) * r.h;
+  return r;
+}
+
+extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
     const sjp_scalar* __restrict__ u0, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ grad_mse, const sjp_scalar* __restrict__ grad_uhl,
     const sjp_scalar* __restrict__ grad_ul, sjp_scalar* __restrict__ grad_x,
     float* __restrict__ grad_u_hat0, float* __restrict__ grad_u0,
-    float* __restrict__ grad_v, const float* __restrict__ v_th, const sjp_index M,
-    const int T, const float tau, const int current_wiring, const int stochastic,
-    const unsigned int seed_lo, const unsigned int seed_hi, const long long t0,
-    const int sg_kind, const float sg_a, const float sg_c, const float sg_d) {
-  __shared__ float red[SJP_MPE_BLOCK];
+    float* __restrict__ gv_partial, const float* __restrict__ v_th, const sjp_index M,
+    const int T, const float tau, const unsigned int seed_lo, const unsigned int seed_hi,
+    const long long t0, const float sg_a, const float sg_c, const float sg_d) {
+  constexpr bool current_wiring = SJP_MPE_CURRENT;
+  SJP_DYN_SMEM(scratch);  // one float per warp
   const float v = v_th[0];
   const float two_over_m = 2.0f / (float)M;
   float acc_v = 0.0f;
-  const sjp_index stride = (sjp_index)gridDim.x * blockDim.x;
-  for (sjp_index m = (sjp_index)blockIdx.x * blockDim.x + threadIdx.x; m < M;
-       m += stride) {
+  SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};
+  const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
+#pragma unroll 1
+  for (sjp_index tile = blockIdx.x; tile < n_tiles && T > 0; tile += gridDim.x) {
+    const sjp_index m = tile * blockDim.x + threadIdx.x;
+    if (m >= M) continue;
     const float uh_init = u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
     const float u_init = u0 ? sjp_load(u0, m) : 0.0f;
-    // estimate of step t (t >= 0) or the carried state (t == -1)
-#define SJP_EST(tq)                                                                 \
-  ((tq) >= 0 ? sjp_mpe_estimate(sjp_load(x, (sjp_index)(tq) * M + m), stochastic,  \
-                                seed_lo, seed_hi,                                   \
-                                (unsigned long long)(t0 + (tq)) * M + m)            \
-             : SjpEst{uh_init, 0.0f})
-    // full step values of step tq >= 0 given the estimate of step tq - 1
-    auto step_of = [&](int tq, const SjpEst& est_prev) {
-      SjpStep r;
-      const float xi = sjp_load(x, (sjp_index)tq * M + m);
-      r.est = SJP_EST(tq);
-      if (current_wiring) {
-        r.h = (t0 + tq) == 0 ? xi : xi + tau * r.est.uh;
-      } else {
-        r.h = xi + tau * est_prev.uh;
-      }
-      r.z = r.h - v;
-      r.s = sjp_heaviside(r.z);
-      r.u = (1.0f - r.s) * r.h;
-      return r;
+    // xi and the estimate of step tq (tq = -1: the carried state)
+    auto load_x = [&](int tq) { return tq >= 0 ? sjp_load(x, (sjp_index)tq * M + m) : 0.0f; };
+    auto est_of = [&](int tq, float xi) {
+      if (tq < 0) return SjpEst{uh_init, 0.0f};
+      const unsigned long long index = (unsigned long long)(t0 + tq) * M + m;
+      return sjp_mpe_estimate(xi, kc.get(index), (unsigned int)index);
     };
-    float grad_h_next = 0.0f;   // grad of h_{t+1} (previous wiring)
-    float mse_next_term = 0.0f; // gm_{t+1} * e_{t+1} (current wiring)
-    SjpEst est_prev = SJP_EST(T - 2);
-    SjpStep cur = step_of(T - 1, est_prev);
+    // rolling window: x, estimate and step values of t and t - 1, estimate of t - 2
+    float x_t = load_x(T - 1), x_p = load_x(T - 2);
+    SjpEst e_t = est_of(T - 1, x_t), e_p = est_of(T - 2, x_p);
+    float x_pp = load_x(T - 3);
+    SjpEst e_pp = est_of(T - 3, x_pp);
+    SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
+    float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
+    float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
+#pragma unroll 1
     for (int t = T - 1; t >= 0; --t) {
-      // values of step t - 1 (needed for h_t in the previous wiring, for u_{t-1} in
-      // the current wiring), carried into the next iteration as `cur`
-      SjpStep prev;
-      float u_before;
+      // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
+      // current wiring's loss target of step t
+      SjpStep st_p;
+      float u_before = u_init;
       if (t >= 1) {
-        prev = step_of(t - 1, SJP_EST(t - 2));
-        u_before = prev.u;
-      } else {
-        u_before = u_init;
+        st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
+        u_before = st_p.u;
       }
       const float gs = sjp_load(grad_s, (sjp_index)t * M + m);
       // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
@@ -177,15 +210,14 @@ extern "C" __global__ void sjp_mpe_backward(
       float err;
       if (current_wiring) {
         adj_u -= mse_next_term;
-        err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (cur.est.uh - u_before);
+        err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
       } else {
-        err = cur.est.uh - cur.u;
+        err = e_t.uh - st_t.u;
         adj_u -= gm * err;
       }
-      const float sg_term = (gs - adj_u * cur.h) *
-                            sjp_surrogate_grad(sg_kind, cur.z, sg_a, sg_c, sg_d);
+      const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
       acc_v -= sg_term;
-      const float grad_h = sg_term + adj_u * (1.0f - cur.s);
+      const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
       if (current_wiring) {
         const float c = (t0 + t) == 0 ? 0.0f : 1.0f;
         grad_uh += gm * c * err + tau * c * grad_h;
@@ -196,11 +228,21 @@ extern "C" __global__ void sjp_mpe_backward(
         grad_h_next = grad_h;
         if (t == 0 && grad_u_hat0) grad_u_hat0[m] = tau * grad_h;
       }
-      sjp_store(grad_x, (sjp_index)t * M + m, grad_h + grad_uh * cur.est.dudx);
-      if (t >= 1) cur = prev;
+      sjp_store(grad_x, (sjp_index)t * M + m, grad_h + grad_uh * e_t.dudx);
+      // shift the window one step back in time
+      x_t = x_p;
+      e_t = e_p;
+      st_t = st_p;
+      x_p = x_pp;
+      e_p = e_pp;
+      if (t >= 3) {
+        x_pp = load_x(t - 3);
+        e_pp = est_of(t - 3, x_pp);
+      } else {
+        e_pp = est_of(-1, 0.0f);
+      }
     }
-#undef SJP_EST
   }
-  const float r = sjp_block_sum(acc_v, red);
-  if (threadIdx.x == 0) atomicAdd(grad_v, r);
+  const float r = sjp_block_sum(acc_v, scratch);
+  if (threadIdx.x == 0) gv_partial[blockIdx.x] = r;
 }

@@ -1,90 +1,198 @@
 // Sliding PSN, banded:  H[t] = sum_{i<k} w_i X[t-k+1+i] + b  (zero history),
-// S = Θ(H); X/S/grads [T, M] time-major, any T, 1 <= k <= SJP_SLIDING_MAX_K.
+// S = Θ(H); X/S/grads [T, M] time-major, any T, k a compile-time constant (SJP_K,
+// 1..64). Write d = k-1-i for the delay of weight i: H[t] = sum_d w_{k-1-d} X[t-d].
 //
-// Launch layout: 1-D grid of SJP_SLIDING_BLOCK (128) threads, grid-stride over neuron
-// columns; each thread walks its column over time.
+// Launch layout: blocks of 128 threads walk tiles of neuron columns (grid-stride; the
+// launcher sizes the grid from the device). A column is served by S adjacent lanes
+// (S a power of two); lane s of a column handles the delays [SEG*s, SEG*s + SEG) and
+// keeps the inputs of those delays in a register ring. Only lane 0 of a column reads
+// X; every step each lane hands its oldest value to lane s+1 with one shuffle, so the
+// window travels through the lanes (a systolic pipeline). The time loop is unrolled
+// by SEG, so every ring slot is a compile-time register index: no `%`, no local
+// memory.
 //
-// Forward (sjp_sliding_forward): w, b in shared memory; each H[t] reads the k-window
-// of its column (DRAM reads each X element once, the window's re-reads hit cache);
-// writes S once. Bytes: read T*M*sizeof(X), write T*M*sizeof(S); nothing saved.
+// Forward (sjp_sliding_forward): SEG = 16, S = ceil(k / 16); per step each lane adds
+// its 16 products, the S partial sums are combined with shuffles, lane 0 writes S[t].
+// Bytes: read T*M*sizeof(X), write T*M*sizeof(S); nothing is saved.
 //
-// Backward (sjp_sliding_backward): recomputes H[t] (never stored), keeps the last k
-// values of GH = grad_S * surrogate'(H) in a per-thread ring, and finalises
-// grad_X[j] = sum_i w_i GH[j+k-1-i] as soon as its window is complete. grad_w_i =
-// sum GH[t] X[t-k+1+i] and grad_b = sum GH are accumulated per thread, reduced in the
-// block (shared-memory tree) and added with one atomicAdd per block.
+// Backward (sjp_sliding_backward): SEG = 8, S = ceil(k / 8). Per step, as in forward,
+// H[t] is recomputed and GH[t] = grad_S[t] * surrogate'(H[t]) (grad_S read by lane 0,
+// broadcast to the column's lanes). grad_X[j] = sum_d w_{k-1-d} GH[j+d] is accumulated
+// in a second ring of pending outputs that travels through the lanes the same way; an
+// output leaving the last lane is complete and is written. grad_w[k-1-d] =
+// sum_t GH[t] X[t-d] and grad_b = sum_t GH[t] are summed per lane, then over the
+// columns of the block in a fixed order (butterfly shuffles, then warps in order) and
+// written as one partial per block (partial[block][0..k-1] weights, [k] bias); the
+// launcher adds the partials over blocks in a fixed order.
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X).
 #include "common.cuh"
 
-#define SJP_SLIDING_BLOCK 128
-#define SJP_SLIDING_MAX_K 64
+#ifndef SJP_K
+#error "sliding_psn.cu needs a compile-time k: -DSJP_K=<1..64>"
+#endif
+#if SJP_K < 1 || SJP_K > 64
+#error "SJP_K must be in [1, 64]"
+#endif
 
-extern "C" __global__ void sjp_sliding_forward(const sjp_scalar* __restrict__ x,
-                                               const float* __restrict__ w,
-                                               const float* __restrict__ b,
-                                               sjp_scalar* __restrict__ s,
-                                               const sjp_index M, const int T,
-                                               const int k) {
-  __shared__ float w_s[SJP_SLIDING_MAX_K];
-  for (int i = threadIdx.x; i < k; i += blockDim.x) w_s[i] = w[i];
-  __syncthreads();
+#define SJP_SLIDE_BLOCK 128
+#define SJP_FSEG 16
+#define SJP_FS (SJP_K <= 16 ? 1 : SJP_K <= 32 ? 2 : 4)
+#define SJP_BSEG 8
+#define SJP_BS (SJP_K <= 8 ? 1 : SJP_K <= 16 ? 2 : SJP_K <= 32 ? 4 : 8)
+
+// Sum over the S lanes of a column (all of them get the total).
+template <int S>
+__device__ __forceinline__ float sjp_group_sum(float v) {
+#pragma unroll
+  for (int o = S / 2; o > 0; o >>= 1) v += __shfl_xor_sync(SJP_FULL_MASK, v, o, S);
+  return v;
+}
+
+// The value lane s - 1 of the column passes on (lane 0 of a column keeps its own).
+template <int S>
+__device__ __forceinline__ float sjp_from_prev_lane(float v) {
+  if (S == 1) return v;
+  return __shfl_up_sync(SJP_FULL_MASK, v, 1, S);
+}
+
+// at least 8 resident blocks (1024 threads, 50% occupancy): at most 64 registers
+extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
+    sjp_sliding_forward(const sjp_scalar* __restrict__ x, const float* __restrict__ w,
+                        const float* __restrict__ b, sjp_scalar* __restrict__ s_out,
+                        const sjp_index M, const int T) {
+  constexpr int S = SJP_FS, SEG = SJP_FSEG;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = lane & (S - 1);
+  const int cols_per_block = SJP_SLIDE_BLOCK / S;
+  float wreg[SEG];  // weight of delay SEG * seg + e
+#pragma unroll
+  for (int e = 0; e < SEG; ++e) {
+    const int d = SEG * seg + e;
+    wreg[e] = d < SJP_K ? w[SJP_K - 1 - d] : 0.0f;
+  }
   const float bias = b[0];
-  const sjp_index stride = (sjp_index)gridDim.x * blockDim.x;
-  for (sjp_index m = (sjp_index)blockIdx.x * blockDim.x + threadIdx.x; m < M;
-       m += stride) {
-    for (int t = 0; t < T; ++t) {
-      float h = bias;
-      const int i0 = t - k + 1 < 0 ? k - 1 - t : 0;
-      for (int i = i0; i < k; ++i) h += w_s[i] * sjp_load(x, (sjp_index)(t - k + 1 + i) * M + m);
-      sjp_store(s, (sjp_index)t * M + m, sjp_heaviside(h));
+  const sjp_index n_tiles = (M + cols_per_block - 1) / cols_per_block;
+#pragma unroll 1
+  for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    const sjp_index m = tile * cols_per_block + warp * (32 / S) + lane / S;
+    const bool valid = m < M;
+    float ring[SEG];  // ring[slot]: this lane's input of delay (u - slot) mod SEG
+#pragma unroll
+    for (int e = 0; e < SEG; ++e) ring[e] = 0.0f;
+#pragma unroll 1
+    for (int t0 = 0; t0 < T; t0 += SEG) {
+#pragma unroll
+      for (int u = 0; u < SEG; ++u) {
+        const int t = t0 + u;
+        if (t < T) {  // block-uniform
+          const float xin = (seg == 0 && valid) ? sjp_load(x, (sjp_index)t * M + m) : 0.0f;
+          const float passed = sjp_from_prev_lane<S>(ring[u]);
+          ring[u] = seg == 0 ? xin : passed;
+          float p = 0.0f;
+#pragma unroll
+          for (int e = 0; e < SEG; ++e) p += wreg[e] * ring[(u - e) & (SEG - 1)];
+          const float h = sjp_group_sum<S>(p) + bias;
+          if (seg == 0 && valid) sjp_store(s_out, (sjp_index)t * M + m, sjp_heaviside(h));
+        }
+      }
     }
   }
 }
 
-extern "C" __global__ void sjp_sliding_backward(
+extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ w, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
-    float* __restrict__ grad_b, const sjp_index M, const int T, const int k,
-    const int sg_kind, const float sg_a, const float sg_c, const float sg_d) {
-  __shared__ float w_s[SJP_SLIDING_MAX_K];
-  __shared__ float red[SJP_SLIDING_BLOCK];
-  for (int i = threadIdx.x; i < k; i += blockDim.x) w_s[i] = w[i];
-  __syncthreads();
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ partial, const sjp_index M,
+    const int T, const float sg_a, const float sg_c, const float sg_d) {
+  SJP_DYN_SMEM(red);  // [warps][SJP_K + 1]
+  constexpr int S = SJP_BS, SEG = SJP_BSEG;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = lane & (S - 1);
+  const int cols_per_block = SJP_SLIDE_BLOCK / S;
+  float wreg[SEG];
+#pragma unroll
+  for (int e = 0; e < SEG; ++e) {
+    const int d = SEG * seg + e;
+    wreg[e] = d < SJP_K ? w[SJP_K - 1 - d] : 0.0f;
+  }
   const float bias = b[0];
-  float acc_w[SJP_SLIDING_MAX_K];
-  for (int i = 0; i < k; ++i) acc_w[i] = 0.0f;
-  float acc_b = 0.0f;
-  float ring[SJP_SLIDING_MAX_K];
-  const sjp_index stride = (sjp_index)gridDim.x * blockDim.x;
-  for (sjp_index m = (sjp_index)blockIdx.x * blockDim.x + threadIdx.x; m < M;
-       m += stride) {
-    for (int tt = 0; tt < T + k - 1; ++tt) {
-      float gh = 0.0f;
-      if (tt < T) {
-        const int i0 = tt - k + 1 < 0 ? k - 1 - tt : 0;
-        float h = bias;
-        for (int i = i0; i < k; ++i)
-          h += w_s[i] * sjp_load(x, (sjp_index)(tt - k + 1 + i) * M + m);
-        gh = sjp_load(grad_s, (sjp_index)tt * M + m) *
-             sjp_surrogate_grad(sg_kind, h, sg_a, sg_c, sg_d);
-        acc_b += gh;
-        for (int i = i0; i < k; ++i)
-          acc_w[i] += gh * sjp_load(x, (sjp_index)(tt - k + 1 + i) * M + m);
+  float aw[SEG];  // grad of the weight of delay SEG * seg + e, this lane's columns
+#pragma unroll
+  for (int e = 0; e < SEG; ++e) aw[e] = 0.0f;
+  float ab = 0.0f;  // grad_b (lane 0 of each column)
+  const sjp_index n_tiles = (M + cols_per_block - 1) / cols_per_block;
+#pragma unroll 1
+  for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    const sjp_index m = tile * cols_per_block + warp * (32 / S) + lane / S;
+    const bool valid = m < M;
+    float xr[SEG], ga[SEG];  // input ring; pending grad_X of outputs t - SEG*seg - slot
+#pragma unroll
+    for (int e = 0; e < SEG; ++e) xr[e] = ga[e] = 0.0f;
+    int u_last = 0;
+#pragma unroll 1
+    for (int t0 = 0; t0 < T; t0 += SEG) {
+#pragma unroll
+      for (int u = 0; u < SEG; ++u) {
+        const int t = t0 + u;
+        if (t < T) {  // block-uniform
+          const sjp_index row = (sjp_index)t * M;
+          const bool loads = seg == 0 && valid;
+          const float xin = loads ? sjp_load(x, row + m) : 0.0f;
+          const float gin = loads ? sjp_load(grad_s, row + m) : 0.0f;
+          // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
+          // last lane's is complete (delays past k have zero weight)
+          const float out = ga[u];
+          const float from_prev = sjp_from_prev_lane<S>(out);
+          const sjp_index j = (sjp_index)t - SEG * S;
+          if (seg == S - 1 && valid && j >= 0) sjp_store(grad_x, j * M + m, out);
+          ga[u] = seg == 0 ? 0.0f : from_prev;
+          const float xpass = sjp_from_prev_lane<S>(xr[u]);
+          xr[u] = seg == 0 ? xin : xpass;
+          float p = 0.0f;
+#pragma unroll
+          for (int e = 0; e < SEG; ++e) p += wreg[e] * xr[(u - e) & (SEG - 1)];
+          const float h = sjp_group_sum<S>(p) + bias;
+          const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
+          const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
+#pragma unroll
+          for (int e = 0; e < SEG; ++e) {
+            ga[(u - e) & (SEG - 1)] += wreg[e] * gh;
+            aw[e] += gh * xr[(u - e) & (SEG - 1)];
+          }
+          if (seg == 0) ab += gh;
+          u_last = u;
+        }
       }
-      ring[tt % k] = gh;
-      const int j = tt - k + 1;  // every GH this input feeds is now known
-      if (j >= 0) {
-        float gx = 0.0f;
-        for (int i = 0; i < k; ++i) gx += w_s[i] * ring[(j + k - 1 - i) % k];
-        sjp_store(grad_x, (sjp_index)j * M + m, gx);
+    }
+    // the outputs still in the rings are complete: output T - 1 - SEG*seg - e sits in
+    // slot (u_last - e) mod SEG (a static index in each branch)
+#pragma unroll
+    for (int uu = 0; uu < SEG; ++uu) {
+      if (uu == u_last) {
+#pragma unroll
+        for (int e = 0; e < SEG; ++e) {
+          const sjp_index j = (sjp_index)T - 1 - SEG * seg - e;
+          if (valid && j >= 0 && T > 0) sjp_store(grad_x, j * M + m, ga[(uu - e) & (SEG - 1)]);
+        }
       }
     }
   }
-  for (int i = 0; i < k; ++i) {
-    const float r = sjp_block_sum(acc_w[i], red);
-    if (threadIdx.x == 0) atomicAdd(grad_w + i, r);
+  // grad_w, grad_b: sum over the columns of the warp (lanes with the same seg), then
+  // over the warps of the block in order
+#pragma unroll
+  for (int e = 0; e < SEG; ++e) {
+    float v = aw[e];
+#pragma unroll
+    for (int o = 16; o >= S; o >>= 1) v += __shfl_xor_sync(SJP_FULL_MASK, v, o);
+    const int d = SEG * seg + e;
+    if (lane < S && d < SJP_K) red[warp * (SJP_K + 1) + (SJP_K - 1 - d)] = v;
   }
-  const float rb = sjp_block_sum(acc_b, red);
-  if (threadIdx.x == 0) atomicAdd(grad_b, rb);
+  ab = sjp_warp_sum(ab);
+  if (lane == 0) red[warp * (SJP_K + 1) + SJP_K] = ab;
+  __syncthreads();
+  for (int i = threadIdx.x; i <= SJP_K; i += blockDim.x) {
+    float sum = 0.0f;
+    for (int wp = 0; wp < (int)(blockDim.x >> 5); ++wp) sum += red[wp * (SJP_K + 1) + i];
+    partial[(sjp_index)blockIdx.x * (SJP_K + 1) + i] = sum;
+  }
 }

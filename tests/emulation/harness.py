@@ -8,8 +8,9 @@ runs the grid block by block, each block as an OpenMP team of ``block`` threads.
 
 Usage::
 
-    lib = load("psn", torch.float32, fixed_t=None)
-    lib.launch("sjp_psn_forward", grid, block, x_buf, W_buf, b_buf, s_buf, M, T)
+    lib = load("psn", torch.float32, 16, _cuda.sg_flags(0))
+    block, cols, smem = _cuda.launch_config("psn", "sjp_psn_forward", 16)
+    lib.launch("sjp_psn_forward", grid, block, x, W, b, s, M, smem=smem)
 
 Tensors are passed as CPU torch tensors (their storage is used in place); Python
 ints and floats are converted to the kernel's parameter types. Keep grids small:
@@ -34,8 +35,13 @@ import torch  # noqa: E402
 from sj_parallel.backends import _cuda as C  # noqa: E402
 
 SHIM = Path(__file__).resolve().parent / "shim.h"
+INSTRUMENT = Path(__file__).resolve().parent / "instrument.inc"
 BUILD_DIR = Path(tempfile.gettempdir()) / "sjp_emulation_build"
-_SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+_SIG = re.compile(
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?'
+    r"(\w+)\s*\(([^)]*)\)",
+    re.S,
+)
 
 
 def _params(sig: str) -> List[Tuple[str, str]]:
@@ -58,21 +64,36 @@ def _ctypes_type(ctype: str):
         "int": ctypes.c_int,
         "float": ctypes.c_float,
         "unsigned int": ctypes.c_uint,
+        "unsigned long long": ctypes.c_ulonglong,
     }[base]
 
 
 class EmulatedModule:
-    def __init__(self, path: Path, kernels: Dict[str, List[Tuple[str, str]]]):
+    def __init__(
+        self, path: Path, kernels: Dict[str, List[Tuple[str, str]]], instrument: bool
+    ):
         self._lib = ctypes.CDLL(str(path))
         self.kernels = kernels
+        self.instrument = instrument
         for name, params in kernels.items():
             fn = getattr(self._lib, f"emu_launch_{name}")
-            fn.argtypes = [ctypes.c_int, ctypes.c_int] + [
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [
                 _ctypes_type(t) for t, _ in params
             ]
             fn.restype = ctypes.c_int
+        if instrument:
+            self._lib.emu_stats_get.argtypes = [ctypes.POINTER(ctypes.c_double)]
 
-    def launch(self, kernel: str, grid: int, block: int, *args) -> None:
+    def reset_stats(self) -> None:
+        self._lib.emu_stats_reset()
+
+    def stats(self) -> Dict[str, float]:
+        """Access totals since :meth:`reset_stats` (instrumented builds only)."""
+        out = (ctypes.c_double * len(STAT_FIELDS))()
+        self._lib.emu_stats_get(out)
+        return dict(zip(STAT_FIELDS, list(out)))
+
+    def launch(self, kernel: str, grid: int, block: int, *args, smem: int = 0) -> None:
         params = self.kernels[kernel]
         if len(args) != len(params):
             raise TypeError(f"{kernel} takes {len(params)} arguments, got {len(args)}")
@@ -87,14 +108,17 @@ class EmulatedModule:
                     conv.append(a.data_ptr())
             else:
                 conv.append(a)
-        rc = getattr(self._lib, f"emu_launch_{kernel}")(grid, block, *conv)
+        rc = getattr(self._lib, f"emu_launch_{kernel}")(grid, block, smem, *conv)
         if rc != 0:
             raise RuntimeError(f"OpenMP gave fewer than {block} threads for {kernel}")
 
 
-def _wrappers(source: str) -> Tuple[str, Dict[str, List[Tuple[str, str]]]]:
+def _wrappers(
+    source: str, instrument: bool
+) -> Tuple[str, Dict[str, List[Tuple[str, str]]]]:
     kernels = {}
     code = []
+    done = "sjp_emu_block_done(block);" if instrument else ""
     for name, sig in _SIG.findall(source):
         params = _params(sig)
         kernels[name] = params
@@ -102,13 +126,18 @@ def _wrappers(source: str) -> Tuple[str, Dict[str, List[Tuple[str, str]]]]:
         call = ", ".join(n for _, n in params)
         code.append(
             f"""
-extern "C" int emu_launch_{name}(int grid, int block, {decl}) {{
+extern "C" int emu_launch_{name}(int grid, int block, long long smem_bytes, {decl}) {{
   gridDim = {{(unsigned)grid, 1, 1}};
   blockDim = {{(unsigned)block, 1, 1}};
   omp_set_dynamic(0);
   int bad = 0;
+  const size_t smem_size = (size_t)((smem_bytes + 127) / 128 * 128 + 128);
+  sjp_emu_dyn_smem = (unsigned char*)aligned_alloc(128, smem_size);
+  for (int w = 0; w < (block + 31) / 32; ++w)
+    pthread_barrier_init(&sjp_emu_warp_bar[w], nullptr, 32);
   for (int emu_block = 0; emu_block < grid && !bad; ++emu_block) {{
     blockIdx = {{(unsigned)emu_block, 0, 0}};
+    memset(sjp_emu_dyn_smem, 0xff, smem_size);  // NaN: unwritten shared data shows
 #pragma omp parallel num_threads(block)
     {{
       if (omp_get_num_threads() != block) {{
@@ -119,7 +148,12 @@ extern "C" int emu_launch_{name}(int grid, int block, {decl}) {{
         {name}({call});
       }}
     }}
+    {done}
   }}
+  for (int w = 0; w < (block + 31) / 32; ++w)
+    pthread_barrier_destroy(&sjp_emu_warp_bar[w]);
+  free(sjp_emu_dyn_smem);
+  sjp_emu_dyn_smem = nullptr;
   return bad;
 }}
 """
@@ -129,18 +163,49 @@ extern "C" int emu_launch_{name}(int grid, int block, {decl}) {{
 
 _CACHE: Dict[tuple, EmulatedModule] = {}
 
+#: The totals :meth:`EmulatedModule.stats` returns (see instrument.inc).
+STAT_FIELDS = (
+    "shared_instr",
+    "shared_wavefronts",
+    "shared_ideal_wavefronts",
+    "max_shared_conflict",
+    "global_instr",
+    "global_wavefronts",
+    "dram_read_sectors",
+    "dram_write_sectors",
+    "float_atomics",
+    "warp_shuffles",
+    "mma",
+    "worst_site",
+)
+
 
 def load(
-    name: str, dtype: torch.dtype, fixed_t: Optional[int] = None
+    name: str,
+    dtype: torch.dtype,
+    const: Optional[int] = None,
+    flags: Tuple[Tuple[str, int], ...] = (),
+    *,
+    instrument: bool = False,
+    defines: Tuple[str, ...] = (),
 ) -> EmulatedModule:
-    """Compile (cached) kernel file ``name`` for ``dtype`` as the launcher would."""
-    key = (name, dtype, fixed_t)
+    """Compile (cached) kernel file ``name`` for ``dtype``, its compile-time constant
+    and switches exactly as the launcher would (``_cuda.variant_options``);
+    ``instrument`` adds the access accounting of instrument.inc; ``defines`` adds
+    ``-D`` options (tests only)."""
+    key = (name, dtype, const, tuple(flags), instrument, defines)
     if key in _CACHE:
         return _CACHE[key]
     source = C.kernel_source(name)
-    wrappers, kernels = _wrappers(source)
-    opts = [o for o in C.compile_options(dtype, fixed_t) if o.startswith("-D")]
-    text = source + "\n" + wrappers
+    wrappers, kernels = _wrappers(source, instrument)
+    opts = [
+        o for o in C.variant_options(name, dtype, const, flags) if o.startswith("-D")
+    ]
+    opts += list(defines)
+    if instrument:
+        opts.append("-DSJP_INSTRUMENT")
+    extra = INSTRUMENT.read_text() if instrument else ""
+    text = source + "\n" + extra + "\n" + wrappers
     digest = hashlib.sha256(
         (text + " ".join(opts) + SHIM.read_text()).encode()
     ).hexdigest()[:16]
@@ -156,7 +221,7 @@ def load(
         if proc.returncode != 0:
             raise RuntimeError(f"g++ failed for {name}:\n{proc.stderr[-6000:]}")
         os.replace(tmp, so)
-    mod = EmulatedModule(so, kernels)
+    mod = EmulatedModule(so, kernels, instrument)
     _CACHE[key] = mod
     return mod
 

@@ -1,0 +1,544 @@
+"""Static performance model of the CUDA kernels: no GPU needed.
+
+For every kernel variant (file, dtype, compile-time T or k, switches) and target
+architecture it reports, from the exact sources and options the launcher builds:
+
+* **resources**, from ``ptxas -v`` (NVRTC 12 gives the PTX, torch's triton package
+  ships ``ptxas``/``cuobjdump``): registers, spill and stack bytes, static shared
+  memory; plus the block size and dynamic shared memory of the launcher
+  (``_cuda.launch_config``) and the theoretical occupancy on H100 and A100
+  (``sj_parallel/backends/_occupancy.py``, the CUDA occupancy calculator's rules);
+* **memory behaviour**, measured by running the same source in the CPU emulation
+  with every global and shared access instrumented (``tests/emulation``), in the
+  steady state (the difference between 3 tiles and 1 tile per block, so prologues
+  and epilogues do not count): DRAM bytes per element (distinct 32-byte sectors),
+  shared-memory wavefronts and the worst bank-conflict degree of any shared access,
+  global L1 wavefronts, warp shuffles, mma instructions and float atomics;
+* **instructions per element**, from the SASS: the kernel's loops are found from its
+  backward branches, and each loop's instructions are weighted by its trip count per
+  tile (known from the kernel's structure, ``LOOP_PLANS``), giving FP32, MUFU and
+  total (issue) instructions per element;
+* **estimated throughput** on H100 and A100: the minimum of the DRAM, load/store
+  (LSU), FP32, issue, MUFU and tensor-core bounds, printed as a percentage of the DRAM
+  roofline, next to the bytes per element SpikingJelly 2.0's PSN moves for the same
+  pass.
+
+Assumptions (documented in docs/kernels.md): H100 SXM 132 SMs at 1.755 GHz, 3.35 TB/s;
+A100 SXM4 80 GB 108 SMs at 1.41 GHz, 2.04 TB/s; per SM and clock: 128 (H100) or 64
+(A100) FP32 lanes, 4 warp-instructions issued, 16 MUFU lanes, one shared/L1 wavefront
+(128 bytes), 512 tf32 multiply-adds on the tensor cores with ``mma.sync`` (the A100
+rate; H100 reaches it with the older instruction). Latency is not modelled: the
+estimates assume enough resident warps, which the occupancy check guards.
+
+    python benchmarks/kernel_model.py                 # representative variants
+    python benchmarks/kernel_model.py --all           # every T and k (slow)
+    python benchmarks/kernel_model.py --json out.json --markdown out.md
+"""
+
+from __future__ import annotations
+
+# NVRTC 12 must be bound before torch loads its CUDA 13 NVRTC (ptxas 12.9 reads PTX 8.8)
+import ctypes
+import os
+
+try:  # pragma: no cover - depends on the installed wheels
+    import nvidia.cuda_nvrtc as _nvrtc_wheel
+
+    _lib = os.path.join(list(_nvrtc_wheel.__path__)[0], "lib", "libnvrtc.so.12")
+    if os.path.exists(_lib):
+        ctypes.CDLL(_lib, mode=ctypes.RTLD_GLOBAL)
+except Exception:  # noqa: BLE001
+    pass
+from cupy_backends.cuda.libs import nvrtc  # noqa: E402
+
+NVRTC_VERSION = nvrtc.getVersion()
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Dict, List, Optional, Tuple  # noqa: E402
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from emulation import harness as H  # noqa: E402
+
+from sj_parallel.backends import _cuda as C  # noqa: E402
+from sj_parallel.backends import _occupancy as O  # noqa: E402
+
+CACHE = Path(tempfile.gettempdir()) / "sjp_kernel_model_cache"
+BIN = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bin"
+DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+
+
+# ------------------------------------------------------------------ machines
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    cc: int
+    sms: int
+    clock: float  # Hz, sustained
+    dram: float  # bytes/s
+    fp32_lanes: int  # FP32 operations per SM per clock
+    issue: int = 128  # thread-instructions issued per SM per clock (4 warps)
+    mufu: int = 16
+    lsu_wavefronts: float = 1.0  # shared/L1 wavefronts per SM per clock
+    tensor_macs: int = 512  # tf32 multiply-adds per SM per clock (mma.sync)
+
+
+H100 = Machine("H100", 90, 132, 1.755e9, 3.35e12, 128)
+A100 = Machine("A100", 80, 108, 1.41e9, 2.039e12, 64)
+MACHINES = (H100, A100)
+
+# bytes per element SpikingJelly 2.0's PSN moves, counted per aten op (float32):
+# forward addmm (read X, write H), heaviside (read H, write bool, read bool, write S);
+# backward: the ATan surrogate's element-wise ops, the two GEMMs' reads and writes
+SJ_BYTES = {"forward": 18.0, "backward": 72.0}
+
+# SASS opcodes by pipe (the opcode before the first '.')
+FP32_OPS = {"FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSET", "FSETP", "FCHK", "FRND",
+            "FSWZADD", "FMUL32I", "FADD32I", "FFMA32I"}  # fmt: skip
+MEM_OPS = {"LDS", "STS", "LDG", "STG", "LD", "ST", "SHFL", "LDSM", "ATOMS", "ATOMG",
+           "ATOM", "RED", "LDL", "STL", "LDC", "ULDC"}  # fmt: skip
+
+
+# ------------------------------------------------------------------ variants
+def variants(full: bool) -> List[C.KernelVariant]:
+    """The variants the model covers: ATan for the PSN family, the MPE-PSN defaults
+    (paper and current wiring, sampled, with the membrane loss, the triangle)."""
+    ts = range(1, C.PSN_MAX_T + 1) if full else [1, 4, 8, 16, 24, 32, 33, 48, 64]
+    ks = range(1, C.SLIDING_MAX_K + 1) if full else [1, 2, 4, 8, 16, 24, 32, 48, 64]
+    out = []
+    for d in (torch.float32, torch.float16, torch.bfloat16):
+        out += [C.KernelVariant("psn", d, t, C.sg_flags(0)) for t in ts]
+        out += [C.KernelVariant("sliding", d, k, C.sg_flags(0)) for k in ks]
+        out += [C.KernelVariant("mpe", d, None, C.mpe_flags(current=c)) for c in (0, 1)]
+    return out
+
+
+# ------------------------------------------------------------ compile / ptxas
+def _run(cmd: List[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True)
+
+
+def compile_variant(v: C.KernelVariant, arch: int) -> Dict[str, dict]:
+    """ptxas resources and SASS of every kernel of a variant: {kernel: {...}}."""
+    opts = C.variant_options(v.name, v.dtype, v.const, v.flags)
+    opts += C.include_options(NVRTC_VERSION[0]) + (
+        f"--gpu-architecture=compute_{arch}",
+    )
+    src = C.kernel_source(v.name)
+    key = hashlib.sha256((src + "|".join(opts) + str(arch)).encode()).hexdigest()[:20]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cached = CACHE / f"{key}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    prog = nvrtc.createProgram(src, C.KERNEL_FILES[v.name], [], [])
+    try:
+        nvrtc.compileProgram(prog, list(opts))
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    ptx = (ptx.decode() if isinstance(ptx, bytes) else ptx).rstrip("\x00")
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_file, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+        ptx_file.write_text(ptx)
+        log = _run([str(BIN / "ptxas"), f"-arch=sm_{arch}", "-v", str(ptx_file),
+                    "-o", str(cubin)]).stderr  # fmt: skip
+        sass = _run([str(BIN / "cuobjdump"), "-sass", str(cubin)]).stdout
+    out = {}
+    for kernel in C.KERNELS[v.name]:
+        m = re.search(
+            rf"Compiling entry function '{kernel}'.*?(\d+) bytes stack frame, "
+            r"(\d+) bytes spill stores, (\d+) bytes spill loads.*?"
+            r"Used (\d+) registers(.*?)\n",
+            log,
+            re.S,
+        )
+        smem = re.search(r"(\d+) bytes smem", m.group(5))
+        out[kernel] = {
+            # the -I path is this machine's; the rest is what the launcher passes
+            "options": [
+                o if not o.startswith("-I") else "-I<CUDA headers>" for o in opts
+            ],
+            "registers": int(m.group(4)),
+            "stack_bytes": int(m.group(1)),
+            "spill_bytes": int(m.group(2)) + int(m.group(3)),
+            "static_smem_bytes": int(smem.group(1)) if smem else 0,
+            "sass": _sass_of(sass, kernel),
+        }
+    cached.write_text(json.dumps(out))
+    return out
+
+
+def _sass_of(dump: str, kernel: str) -> List[Tuple[int, str, Optional[int]]]:
+    """``[(address, opcode, branch target or None)]`` of one function's SASS."""
+    body = dump.split(f"Function : {kernel}")[1].split("Function :")[0]
+    out = []
+    pattern = r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);"
+    for m in re.finditer(pattern, body):
+        addr, op, rest = int(m.group(1), 16), m.group(2), m.group(3)
+        target = None
+        if op.startswith("BRA"):
+            t = re.search(r"0x([0-9a-f]+)", rest)
+            target = int(t.group(1), 16) if t else None
+        out.append((addr, op, target))
+    return out
+
+
+# -------------------------------------------------------------- loop analysis
+def loops_of(sass) -> List[Tuple[int, int]]:
+    """Loops as (first, last) instruction indices, from backward branches."""
+    index = {a: i for i, (a, _, _) in enumerate(sass)}
+    out = []
+    for i, (a, _, target) in enumerate(sass):
+        if target is not None and target < a and target in index:
+            out.append((index[target], i))
+    return out
+
+
+def _classes(ops) -> Dict[str, int]:
+    c = {"fp32": 0, "mufu": 0, "hmma": 0, "mem": 0, "total": 0}
+    for op in ops:
+        base = op.split(".")[0]
+        c["total"] += 1
+        if base in FP32_OPS:
+            c["fp32"] += 1
+        elif base == "MUFU":
+            c["mufu"] += 1
+        elif base == "HMMA":
+            c["hmma"] += 1
+        elif base in MEM_OPS:
+            c["mem"] += 1
+    return c
+
+
+def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[float]]:
+    """``(elements per thread per tile, [iterations per tile of each loop nested in
+    the tile loop, in address order])``: the structure of each kernel's main loop,
+    averaged over the block's threads (idle warps do 0 iterations)."""
+    if v.name == "psn":
+        t = v.const
+        if kernel == "sjp_psn_forward":
+            if t <= 32:
+                vcols = 8 if t <= 4 else 4 if t <= 8 else 2 if t <= 16 else 1
+                return t * vcols, [t]
+            return 32.0, [t]
+        tm, tk = (t + 15) // 16 * 16, (t + 7) // 8 * 8
+        nm, wpm = tm // 16, 8 // (tm // 16)
+        np12 = -(-4 // wpm)
+        busy12 = sum(1 for w in range(8) if w // wpm < nm and (w % wpm) * np12 < 4) / 8
+        nn3 = tk // 8
+        kg3 = 1 if nn3 >= wpm else min(4, wpm // nn3)
+        np3 = -(-nn3 // wpm) if kg3 == 1 else 1
+        busy3 = 0.0
+        for w in range(8):
+            mt, sub = w // wpm, w % wpm
+            nt3 = sub * np3 if kg3 == 1 else sub % nn3
+            kg = 0 if kg3 == 1 else sub // nn3
+            if mt < nm and kg < kg3 and nt3 < nn3:
+                busy3 += 1 / 8
+        staging = sum(len(range(w, t, 8)) for w in range(8)) / 8
+        return t * 32 / 256, [
+            staging,
+            tk / 8 * busy12,
+            tk / 8 * busy12,
+            4 / kg3 * busy3,
+        ]
+    if v.name == "sliding":
+        k = v.const
+        if kernel == "sjp_sliding_forward":
+            s = 1 if k <= 16 else 2 if k <= 32 else 4
+            return T / s, [math.ceil(T / 16)]
+        s = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
+        return T / s, [math.ceil(T / 8)]
+    if kernel == "sjp_mpe_backward":
+        # the compiler versions the backward time loop: steps t >= 3 (the window
+        # loads step t - 3) and the last three steps
+        return float(T), [max(T - 3, 0), min(T, 3)]
+    return float(T), [T]
+
+
+def sass_per_element(v, kernel, sass, T) -> Dict[str, float]:
+    """Dynamic SASS instructions per element (per thread), by class."""
+    loops = loops_of(sass)
+    if not loops:
+        raise RuntimeError(f"{kernel}: no loop found in the SASS")
+    tile = max(loops, key=lambda lp: lp[1] - lp[0])
+    nested = [
+        lp for lp in loops if lp != tile and tile[0] <= lp[0] and lp[1] <= tile[1]
+    ]
+    # keep the outermost of the nested loops
+    nested = sorted(
+        lp
+        for lp in nested
+        if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in nested)
+    )
+    elems, trips = loop_plan(v, kernel, T)
+    if len(nested) != len(trips):
+        raise RuntimeError(
+            f"{kernel} {v}: {len(nested)} loops inside the tile loop, the plan has "
+            f"{len(trips)}; update LOOP_PLANS"
+        )
+    inner = set()
+    total = {"fp32": 0.0, "mufu": 0.0, "hmma": 0.0, "mem": 0.0, "total": 0.0}
+    for (a, b), n in zip(nested, trips):
+        ops = [sass[i][1] for i in range(a, b + 1)]
+        inner.update(range(a, b + 1))
+        for k, c in _classes(ops).items():
+            total[k] += c * n
+    outer = [sass[i][1] for i in range(tile[0], tile[1] + 1) if i not in inner]
+    for k, c in _classes(outer).items():
+        total[k] += c
+    return {k: c / elems for k, c in total.items()}
+
+
+# ---------------------------------------------------------- emulated traffic
+MODEL_T = {"sliding": 64, "mpe": 16}
+
+
+def measure(v: C.KernelVariant, kernel: str) -> Dict[str, float]:
+    """Steady-state access counts per element from the instrumented emulation."""
+    T = v.const if v.name == "psn" else MODEL_T[v.name]
+    lib = H.load(v.name, v.dtype, v.const, v.flags, instrument=True)
+    block, cols, smem = C.launch_config(v.name, kernel, v.const, T)
+    stats = []
+    for tiles in (1, 3):
+        M = cols * tiles
+        lib.reset_stats()
+        _launch(lib, v, kernel, T, M, block, smem)
+        stats.append(lib.stats())
+    d = {k: stats[1][k] - stats[0][k] for k in stats[0] if k != "worst_site"}
+    el = T * cols * 2
+    return {
+        "T": T,
+        "dram_bytes_per_elt": (d["dram_read_sectors"] + d["dram_write_sectors"])
+        * 32
+        / el,
+        "shared_wavefronts_per_elt": d["shared_wavefronts"] / el,
+        "global_wavefronts_per_elt": d["global_wavefronts"] / el,
+        "shuffles_per_elt": d["warp_shuffles"] / el,
+        "mma_per_elt": d["mma"] / el,
+        "max_shared_conflict": max(s["max_shared_conflict"] for s in stats),
+        "float_atomics": stats[1]["float_atomics"],
+    }
+
+
+def _launch(lib, v, kernel, T, M, block, smem):
+    dt = v.dtype
+    x = torch.randn(T, M).to(dt)
+    g = torch.randn(T, M).to(dt)
+    a, c, d = 2.0, 0.0, 0.0
+    if v.name == "psn":
+        W, b = torch.randn(T, T) / T**0.5, torch.randn(T)
+        if kernel == "sjp_psn_forward":
+            lib.launch(
+                kernel, 1, block, x, W, b, torch.empty(T, M, dtype=dt), M, smem=smem
+            )
+        else:
+            lib.launch(kernel, 1, block, x, g, W, b, torch.empty(T, M, dtype=dt),
+                       torch.empty(1, T, T), torch.empty(1, T), M, a, c, d,
+                       smem=smem)  # fmt: skip
+    elif v.name == "sliding":
+        k = v.const
+        w, b = torch.randn(k), torch.tensor([0.1])
+        if kernel == "sjp_sliding_forward":
+            lib.launch(kernel, 1, block, x, w, b, torch.empty(T, M, dtype=dt), M, T,
+                       smem=smem)  # fmt: skip
+        else:
+            lib.launch(kernel, 1, block, x, g, w, b, torch.empty(T, M, dtype=dt),
+                       torch.empty(1, k + 1), M, T, a, c, d, smem=smem)  # fmt: skip
+    else:
+        v_th = torch.tensor([0.8])
+        if kernel == "sjp_mpe_forward":
+            lib.launch(kernel, 1, block, x, None, None, torch.empty(T, M, dtype=dt),
+                       torch.empty(M, dtype=dt), torch.empty(M, dtype=dt),
+                       torch.empty(1, T), v_th, M, T, 0.25, 1, 2, 0,
+                       smem=smem)  # fmt: skip
+        else:
+            lib.launch(kernel, 1, block, x, None, None, g, torch.ones(T), None, None,
+                       torch.empty(T, M, dtype=dt), None, None, torch.empty(1), v_th,
+                       M, T, 0.25, 1, 2, 0, 1.0, 0.0, 0.0, smem=smem)  # fmt: skip
+
+
+# ----------------------------------------------------------------- estimates
+@dataclass
+class Record:
+    kernel: str
+    pass_: str
+    file: str
+    dtype: str
+    const: Optional[int]
+    flags: List[List]
+    options: List[str]
+    arch: str
+    block: int
+    dynamic_smem_bytes: int
+    static_smem_bytes: int
+    registers: int
+    spill_bytes: int
+    stack_bytes: int
+    occupancy_h100: float
+    occupancy_a100: float
+    T_modelled: int
+    dram_bytes_per_elt: float
+    shared_wavefronts_per_elt: float
+    global_wavefronts_per_elt: float
+    shuffles_per_elt: float
+    mma_per_elt: float
+    max_shared_conflict: float
+    float_atomics: float
+    instr_per_elt: Dict[str, float]
+    sj_bytes_per_elt: Optional[float]
+    bounds_h100: Dict[str, float] = field(default_factory=dict)
+    bounds_a100: Dict[str, float] = field(default_factory=dict)
+    est_pct_dram_roofline_h100: float = 0.0
+    est_pct_dram_roofline_a100: float = 0.0
+    limiter_h100: str = ""
+    limiter_a100: str = ""
+
+
+def bounds(m: Machine, rec: Record) -> Dict[str, float]:
+    """Elements per second each resource allows."""
+    per_sm = m.sms * m.clock
+    ins = rec.instr_per_elt
+    out = {"dram": m.dram / rec.dram_bytes_per_elt}
+    lsu = (
+        rec.shared_wavefronts_per_elt
+        + rec.global_wavefronts_per_elt
+        + rec.shuffles_per_elt
+    )
+    out["lsu"] = per_sm * m.lsu_wavefronts / lsu if lsu else math.inf
+    out["fp32"] = per_sm * m.fp32_lanes / ins["fp32"] if ins["fp32"] else math.inf
+    out["issue"] = per_sm * m.issue / ins["total"]
+    out["mufu"] = per_sm * m.mufu / ins["mufu"] if ins["mufu"] else math.inf
+    macs = rec.mma_per_elt * 8 * 8 * 16
+    out["tensor"] = per_sm * m.tensor_macs / macs if macs else math.inf
+    return out
+
+
+def model(full: bool, archs=(90, 80)) -> List[Record]:
+    records = []
+    for v in variants(full):
+        for kernel in C.KERNELS[v.name]:
+            pass_ = "forward" if kernel.endswith("forward") else "backward"
+            meas = measure(v, kernel)
+            T = meas.pop("T")
+            block, _, dyn = C.launch_config(v.name, kernel, v.const, T)
+            comp = {a: compile_variant(v, a)[kernel] for a in archs}
+            for arch in archs:
+                c = comp[arch]
+                occ = {
+                    mach.name: O.occupancy(mach.cc, block, comp[mach.cc]["registers"]
+                                           if mach.cc in comp else c["registers"],
+                                           c["static_smem_bytes"] + dyn)
+                    for mach in MACHINES
+                }  # fmt: skip
+                sj = (
+                    SJ_BYTES[pass_]
+                    if v.name != "mpe" and v.dtype == torch.float32
+                    else None
+                )
+                rec = Record(
+                    kernel=kernel,
+                    pass_=pass_,
+                    file=f"sj_parallel/cuda/{C.KERNEL_FILES[v.name]}",
+                    dtype=DTYPE_NAMES[v.dtype],
+                    const=v.const,
+                    flags=[list(f) for f in v.flags],
+                    options=c["options"],
+                    arch=f"sm_{arch}",
+                    block=block,
+                    dynamic_smem_bytes=dyn,
+                    static_smem_bytes=c["static_smem_bytes"],
+                    registers=c["registers"],
+                    spill_bytes=c["spill_bytes"],
+                    stack_bytes=c["stack_bytes"],
+                    occupancy_h100=occ["H100"],
+                    occupancy_a100=occ["A100"],
+                    T_modelled=T,
+                    instr_per_elt=sass_per_element(
+                        v, kernel, [tuple(x) for x in c["sass"]], T
+                    ),
+                    sj_bytes_per_elt=sj,
+                    **meas,
+                )
+                for mach in MACHINES:
+                    b = bounds(mach, rec)
+                    est = min(b.values())
+                    limiter = min(b, key=b.get)
+                    tag = mach.name.lower()
+                    setattr(rec, f"bounds_{tag}", b)
+                    setattr(
+                        rec, f"est_pct_dram_roofline_{tag}", 100.0 * est / b["dram"]
+                    )
+                    setattr(rec, f"limiter_{tag}", limiter)
+                records.append(rec)
+    return records
+
+
+# ----------------------------------------------------------------- reporting
+def table(records: List[Record], arch: str = "sm_90") -> str:
+    lines = [
+        "| kernel | dtype | T/k | regs | spill | stack | block | dyn smem | occ H100 | "
+        "occ A100 | DRAM B/elt (SJ) | smem wf/elt | worst conflict | instr/elt | "
+        "% roofline H100 (limit) | % roofline A100 (limit) |",
+        "| --- " * 16 + "|",
+    ]
+    for r in records:
+        if r.arch != arch:
+            continue
+        label = r.kernel.replace("sjp_", "")
+        if r.file.endswith("mpe_psn.cu"):
+            label += " (current)" if r.flags[0][1] else " (previous)"
+        sj = f" ({r.sj_bytes_per_elt:.0f})" if r.sj_bytes_per_elt else ""
+        tk = r.const if r.const is not None else r.T_modelled
+        lines.append(
+            f"| {label} | {r.dtype} | {tk} "
+            f"| {r.registers} | {r.spill_bytes} | {r.stack_bytes} | {r.block} | "
+            f"{r.dynamic_smem_bytes} | {r.occupancy_h100:.0%} | "
+            f"{r.occupancy_a100:.0%} | "
+            f"{r.dram_bytes_per_elt:.2f}{sj} | {r.shared_wavefronts_per_elt:.3f} | "
+            f"{r.max_shared_conflict:.0f}-way | {r.instr_per_elt['total']:.1f} | "
+            f"{r.est_pct_dram_roofline_h100:.0f}% ({r.limiter_h100}) | "
+            f"{r.est_pct_dram_roofline_a100:.0f}% ({r.limiter_a100}) |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--all", action="store_true", help="every T and k (slow)")
+    p.add_argument("--json", help="write one record per variant, pass and arch")
+    p.add_argument("--markdown", help="write the sm_90 table as Markdown")
+    a = p.parse_args(argv)
+    records = model(a.all)
+    text = table(records)
+    print(f"# NVRTC {NVRTC_VERSION[0]}.{NVRTC_VERSION[1]}, ptxas from {BIN}")
+    print(text)
+    if a.json:
+        rows = []
+        for r in records:
+            d = asdict(r)
+            d["pass"] = d.pop("pass_")
+            rows.append(d)
+        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
+    if a.markdown:
+        Path(a.markdown).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
