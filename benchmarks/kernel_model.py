@@ -122,7 +122,7 @@ def variants(full: bool) -> List[C.KernelVariant]:
     ks = range(1, C.SLIDING_MAX_K + 1) if full else [1, 2, 4, 8, 16, 24, 32, 48, 64]
     out = []
     for d in (torch.float32, torch.float16, torch.bfloat16):
-        out += [C.KernelVariant("psn", d, t, C.sg_flags(0)) for t in ts]
+        out += [C.KernelVariant("psn", d, t, C.psn_flags(0)) for t in ts]
         out += [C.KernelVariant("sliding", d, k, C.sg_flags(0)) for k in ks]
         out += [C.KernelVariant("mpe", d, None, C.mpe_flags(current=c)) for c in (0, 1)]
     return out
@@ -231,32 +231,17 @@ def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[floa
     averaged over the block's threads (idle warps do 0 iterations)."""
     if v.name == "psn":
         t = v.const
+        nt = (t + 7) // 8
         if kernel == "sjp_psn_forward":
-            if t <= 32:
-                vcols = 8 if t <= 4 else 4 if t <= 8 else 2 if t <= 16 else 1
-                return t * vcols, [t]
-            return 32.0, [t]
-        tm, tk = (t + 15) // 16 * 16, (t + 7) // 8 * 8
-        nm, wpm = tm // 16, 8 // (tm // 16)
-        np12 = -(-4 // wpm)
-        busy12 = sum(1 for w in range(8) if w // wpm < nm and (w % wpm) * np12 < 4) / 8
-        nn3 = tk // 8
-        kg3 = 1 if nn3 >= wpm else min(4, wpm // nn3)
-        np3 = -(-nn3 // wpm) if kg3 == 1 else 1
-        busy3 = 0.0
-        for w in range(8):
-            mt, sub = w // wpm, w % wpm
-            nt3 = sub * np3 if kg3 == 1 else sub % nn3
-            kg = 0 if kg3 == 1 else sub // nn3
-            if mt < nm and kg < kg3 and nt3 < nn3:
-                busy3 += 1 / 8
-        staging = sum(len(range(w, t, 8)) for w in range(8)) / 8
-        return t * 32 / 256, [
-            staging,
-            tk / 8 * busy12,
-            tk / 8 * busy12,
-            4 / kg3 * busy3,
-        ]
+            if t <= 8:  # FP32 FMAs: SJP_FV columns per thread, a loop over t
+                return t * (8 if t <= 4 else 4), [t]
+            nmt = 2 if nt <= 2 else 1  # tensor cores: 16 nmt columns per warp
+            return t * nmt / 2, [nt]
+        if t <= 4:  # FP32 FMAs: 4 columns per thread, straight-line code
+            return 4.0 * t, []
+        geo = C.psn_backward_geometry(t, v.dtype)
+        cb, s3, kg = geo["cb"], geo["s3"], geo["kg"]
+        return t * cb / 256, [nt, nt, cb / 8 / kg * (s3 * kg / 8)]
     if v.name == "sliding":
         k = v.const
         if kernel == "sjp_sliding_forward":
@@ -269,6 +254,17 @@ def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[floa
         # loads step t - 3) and the last three steps
         return float(T), [max(T - 3, 0), min(T, 3)]
     return float(T), [T]
+
+
+def static_trips(v: C.KernelVariant, kernel: str) -> List[Optional[int]]:
+    """Per loop of ``loop_plan``: its trip count where the compiler knows it (the
+    loops over compile-time T), else None."""
+    if v.name == "psn":
+        t, nt = v.const, (v.const + 7) // 8
+        if kernel == "sjp_psn_forward":
+            return [t] if t <= 8 else [nt]
+        return [] if t <= 4 else [nt, nt, None]
+    return [None] * len(loop_plan(v, kernel, 1)[1])
 
 
 def sass_per_element(v, kernel, sass, T) -> Dict[str, float]:
@@ -287,6 +283,10 @@ def sass_per_element(v, kernel, sass, T) -> Dict[str, float]:
         if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in nested)
     )
     elems, trips = loop_plan(v, kernel, T)
+    if len(nested) < len(trips):
+        # a loop with a compile-time trip count of one is compiled as straight-line
+        # code (its instructions then count once per tile, with the tile loop)
+        trips = [n for n, s in zip(trips, static_trips(v, kernel)) if s != 1]
     if len(nested) != len(trips):
         raise RuntimeError(
             f"{kernel} {v}: {len(nested)} loops inside the tile loop, the plan has "
@@ -313,7 +313,7 @@ def measure(v: C.KernelVariant, kernel: str) -> Dict[str, float]:
     """Steady-state access counts per element from the instrumented emulation."""
     T = v.const if v.name == "psn" else MODEL_T[v.name]
     lib = H.load(v.name, v.dtype, v.const, v.flags, instrument=True)
-    block, cols, smem = C.launch_config(v.name, kernel, v.const, T)
+    block, cols, smem = C.launch_config(v.name, kernel, v.const, T, v.dtype)
     stats = []
     for tiles in (1, 3):
         M = cols * tiles
@@ -338,38 +338,40 @@ def measure(v: C.KernelVariant, kernel: str) -> Dict[str, float]:
 
 def _launch(lib, v, kernel, T, M, block, smem):
     dt = v.dtype
-    x = torch.randn(T, M).to(dt)
-    g = torch.randn(T, M).to(dt)
+
+    def torch_empty(*shape, dtype=dt):  # 256-byte aligned, as CUDA allocations
+        return H.aligned(torch.empty(*shape, dtype=dtype))
+
+    x = H.aligned(torch.randn(T, M).to(dt))
+    g = H.aligned(torch.randn(T, M).to(dt))
     a, c, d = 2.0, 0.0, 0.0
     if v.name == "psn":
         W, b = torch.randn(T, T) / T**0.5, torch.randn(T)
         if kernel == "sjp_psn_forward":
-            lib.launch(
-                kernel, 1, block, x, W, b, torch.empty(T, M, dtype=dt), M, smem=smem
-            )
+            lib.launch(kernel, 1, block, x, W, b, torch_empty(T, M), M, smem=smem)
         else:
-            lib.launch(kernel, 1, block, x, g, W, b, torch.empty(T, M, dtype=dt),
+            lib.launch(kernel, 1, block, x, g, W, b, torch_empty(T, M),
                        torch.empty(1, T, T), torch.empty(1, T), M, a, c, d,
                        smem=smem)  # fmt: skip
     elif v.name == "sliding":
         k = v.const
         w, b = torch.randn(k), torch.tensor([0.1])
         if kernel == "sjp_sliding_forward":
-            lib.launch(kernel, 1, block, x, w, b, torch.empty(T, M, dtype=dt), M, T,
+            lib.launch(kernel, 1, block, x, w, b, torch_empty(T, M), M, T,
                        smem=smem)  # fmt: skip
         else:
-            lib.launch(kernel, 1, block, x, g, w, b, torch.empty(T, M, dtype=dt),
+            lib.launch(kernel, 1, block, x, g, w, b, torch_empty(T, M),
                        torch.empty(1, k + 1), M, T, a, c, d, smem=smem)  # fmt: skip
     else:
         v_th = torch.tensor([0.8])
         if kernel == "sjp_mpe_forward":
-            lib.launch(kernel, 1, block, x, None, None, torch.empty(T, M, dtype=dt),
-                       torch.empty(M, dtype=dt), torch.empty(M, dtype=dt),
+            lib.launch(kernel, 1, block, x, None, None, torch_empty(T, M),
+                       torch_empty(M), torch_empty(M),
                        torch.empty(1, T), v_th, M, T, 0.25, 1, 2, 0,
                        smem=smem)  # fmt: skip
         else:
             lib.launch(kernel, 1, block, x, None, None, g, torch.ones(T), None, None,
-                       torch.empty(T, M, dtype=dt), None, None, torch.empty(1), v_th,
+                       torch_empty(T, M), None, None, torch.empty(1), v_th,
                        M, T, 0.25, 1, 2, 0, 1.0, 0.0, 0.0, smem=smem)  # fmt: skip
 
 
@@ -429,14 +431,16 @@ def bounds(m: Machine, rec: Record) -> Dict[str, float]:
     return out
 
 
-def model(full: bool, archs=(90, 80)) -> List[Record]:
+def model(full: bool, archs=(90, 80), files=None) -> List[Record]:
     records = []
     for v in variants(full):
+        if files and v.name not in files:
+            continue
         for kernel in C.KERNELS[v.name]:
             pass_ = "forward" if kernel.endswith("forward") else "backward"
             meas = measure(v, kernel)
             T = meas.pop("T")
-            block, _, dyn = C.launch_config(v.name, kernel, v.const, T)
+            block, _, dyn = C.launch_config(v.name, kernel, v.const, T, v.dtype)
             comp = {a: compile_variant(v, a)[kernel] for a in archs}
             for arch in archs:
                 c = comp[arch]
@@ -523,8 +527,9 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true", help="every T and k (slow)")
     p.add_argument("--json", help="write one record per variant, pass and arch")
     p.add_argument("--markdown", help="write the sm_90 table as Markdown")
+    p.add_argument("--files", help="comma-separated kernel files (psn,sliding,mpe)")
     a = p.parse_args(argv)
-    records = model(a.all)
+    records = model(a.all, files=a.files.split(",") if a.files else None)
     text = table(records)
     print(f"# NVRTC {NVRTC_VERSION[0]}.{NVRTC_VERSION[1]}, ptxas from {BIN}")
     print(text)

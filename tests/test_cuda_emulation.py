@@ -71,12 +71,13 @@ def run_psn(T, x, W, b, g, sg, grid=2, **load_kw):
     launch configuration of _cuda.launch_config, per-block partials summed)."""
     M = x.shape[1]
     dtype = x.dtype
-    flags, sgp = sg_args(sg)
+    kind, *sgp = C.surrogate_params(sg)
+    flags = C.psn_flags(kind, C.psn_vector_ok(M, x, g))
     lib = H.load("psn", dtype, T, flags, **load_kw)
-    block, _, smem = C.launch_config("psn", "sjp_psn_forward", T)
+    block, _, smem = C.launch_config("psn", "sjp_psn_forward", T, dtype=dtype)
     s = H.poisoned((T, M), dtype)
     lib.launch("sjp_psn_forward", grid, block, x, W, b, s, M, smem=smem)
-    block, _, smem = C.launch_config("psn", "sjp_psn_backward", T)
+    block, _, smem = C.launch_config("psn", "sjp_psn_backward", T, dtype=dtype)
     gx = H.poisoned((T, M), dtype)
     gw = H.poisoned((grid, T, T), torch.float32)
     gb = H.poisoned((grid, T), torch.float32)
@@ -86,18 +87,25 @@ def run_psn(T, x, W, b, g, sg, grid=2, **load_kw):
     return s, gx, gw.sum(0), gb.sum(0)
 
 
-# T: both forward loop orders (T <= 32 with 8/4/2/1 columns per thread, T > 32 with
-# t-groups), padded and unpadded mma tiles; M: one column, partial tiles, several
-# tiles per block (grid-stride)
+# T: the FP32-FMA kernels (forward T <= 8 with 8 or 4 columns per thread, backward
+# T <= 4) and the tensor-core ones (forward T > 8 with one or two m-tiles per warp;
+# backward T > 4 with W pre-split or not, one or four warps per column slice),
+# padded and unpadded mma tiles; M: one column, partial tiles, several tiles per
+# block (grid-stride); M a multiple of 8 takes the 16-byte vector path
 PSN_CASES = [
     (1, 1),
     (3, 70),
+    (4, 64),
     (5, 130),
+    (8, 48),
     (16, 65),
     (24, 40),
     (32, 97),
     (33, 40),
+    (40, 72),
+    (56, 30),
     (64, 70),
+    (64, 64),
 ]
 
 
@@ -318,11 +326,13 @@ def test_emulated_psn_backward_without_tensor_cores(T, M):
                                         ("sliding", 40), ("mpe", None)])  # fmt: skip
 def test_emulated_kernels_are_deterministic_and_use_no_float_atomics(name, const):
     """Every kernel, instrumented: no float atomics; two runs give the same bits."""
-    flags = C.mpe_flags() if name == "mpe" else C.sg_flags(0)
+    M = 77  # not a multiple of 8: the PSN kernels' scalar path (as run_psn picks)
+    flags = {"mpe": C.mpe_flags(), "sliding": C.sg_flags(0)}.get(
+        name, C.psn_flags(0, vec=False)
+    )
     lib = H.load(name, torch.float32, const, flags, instrument=True)
     torch.manual_seed(0)
     T = const if name == "psn" else 9
-    M = 77
     x, g = torch.randn(T, M), torch.randn(T, M)
     sg = surrogate.ATan(alpha=2.0)
     results = []

@@ -88,6 +88,18 @@ def sg_flags(sg_kind: int) -> Flags:
     return (("SJP_SG", int(sg_kind)),)
 
 
+def psn_flags(sg_kind: int, vec: bool = True) -> Flags:
+    """The switches of a PSN build: its surrogate and whether X, S and the gradients
+    move as vectors (``vec``: ``M`` a multiple of 8 and 16-byte aligned tensors, see
+    :func:`psn_vector_ok`)."""
+    return sg_flags(sg_kind) + (("SJP_VEC", int(bool(vec))),)
+
+
+def psn_vector_ok(M: int, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the PSN kernels may move ``[T, M]`` tensors in 16-byte vectors."""
+    return M % 8 == 0 and all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
+
+
 def mpe_flags(
     current: bool = False,
     stochastic: bool = True,
@@ -132,20 +144,25 @@ def kernel_variants(
     if minimal:
         for d in dtypes:
             out += [
-                KernelVariant("psn", d, 16, sg_flags(0)),
+                KernelVariant("psn", d, 16, psn_flags(0)),
                 KernelVariant("sliding", d, 2, sg_flags(0)),
                 KernelVariant("mpe", d, None, mpe_flags()),
             ]
         return out
     if representative:
-        for name, consts in (("psn", [1, 16, 33, PSN_MAX_T]),
-                             ("sliding", [1, 2, 16, 33, SLIDING_MAX_K])):  # fmt: skip
-            out += [
-                KernelVariant(name, d, c, sg_flags(0)) for d in dtypes for c in consts
-            ]
-            out += [
-                KernelVariant(name, torch.float32, 16, sg_flags(k)) for k in sgs[1:]
-            ]
+        # PSN: both forward and both backward kernels, W pre-split or not, 1 or 4
+        # warps per column slice; the scalar (unaligned) path once per kernel
+        for name, consts, fl in (
+            ("psn", [1, 5, 16, 33, PSN_MAX_T], psn_flags),
+            ("sliding", [1, 2, 16, 33, SLIDING_MAX_K], sg_flags),
+        ):
+            out += [KernelVariant(name, d, c, fl(0)) for d in dtypes for c in consts]
+            out += [KernelVariant(name, torch.float32, 16, fl(k)) for k in sgs[1:]]
+        out += [
+            KernelVariant("psn", d, t, psn_flags(0, vec=False))
+            for d in dtypes
+            for t in (4, 40)
+        ]
         out += [KernelVariant("mpe", d, None, mpe_flags()) for d in dtypes]
         for cur in (False, True):
             for sto in (False, True):
@@ -162,7 +179,9 @@ def kernel_variants(
     for d in dtypes:
         for k in sgs:
             out += [
-                KernelVariant("psn", d, t, sg_flags(k)) for t in range(1, PSN_MAX_T + 1)
+                KernelVariant("psn", d, t, psn_flags(k, vec))
+                for t in range(1, PSN_MAX_T + 1)
+                for vec in (True, False)
             ]
             out += [
                 KernelVariant("sliding", d, c, sg_flags(k))
@@ -181,23 +200,49 @@ def _ceil(a: int, b: int) -> int:
     return (a + b - 1) // b * b
 
 
-def launch_config(name: str, kernel: str, const: Optional[int] = None, T: int = 0):
+def psn_backward_geometry(t: int, dtype: torch.dtype = torch.float32) -> Dict[str, int]:
+    """The tensor-core PSN backward's work split for ``T = t > 4`` (psn.cu's macros):
+    ``p`` warps share a slice of ``16 nmt`` columns, a block tile has ``cb`` columns;
+    ``wsplit``: W is kept pre-split in shared memory; grad_W is split into ``s3`` warp
+    tasks, each shared by ``kg`` warps."""
+    nt, tm3 = (t + 7) // 8, (t + 15) // 16 * 16
+    p = 4 if t > 32 else 1
+    nmt = 2 if t <= 16 or (t > 32 and dtype != torch.float32) else 1
+    ng = (nt + 3) // 4
+    s3 = tm3 // 16 * ng
+    kg = 8 if s3 == 1 else 4 if s3 == 2 else 2 if s3 <= 4 else 1
+    return {"p": p, "nmt": nmt, "cb": 128 * nmt // p, "wsplit": int(nt <= 4),
+            "ng": ng, "s3": s3, "kg": kg}  # fmt: skip
+
+
+def launch_config(
+    name: str,
+    kernel: str,
+    const: Optional[int] = None,
+    T: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """``(threads per block, neuron columns per tile, dynamic shared memory bytes)`` of
     a kernel, mirroring the macros at the top of its ``.cu`` file (the emulation tests
     launch with these numbers, so a mismatch fails them). ``T`` is the sequence length
     for the MPE-PSN forward's per-step sums."""
     if name == "psn":
         t = int(const)
+        tk = _ceil(t, 8)
+        sw = 32 if tk <= 32 else 64  # row stride of W in shared memory
         if kernel == "sjp_psn_forward":
-            if t <= 32:
-                v = 8 if t <= 4 else 4 if t <= 8 else 2 if t <= 16 else 1
-                tp = _ceil(t, 4)
-                return 128, 128 * v, 4 * (t * tp + t)
-            p = (t + 15) // 16
-            return p * 64, 128, 4 * (t * 16 * p + 16 * p)
-        tm, tk = _ceil(t, 16), _ceil(t, 8)
-        ws = tk + (36 - tk % 32) % 32
-        return 256, 32, 4 * (2 * tm * 32 + 2 * tm * ws + tm + tm * 4)
+            if t <= 8:  # FP32 FMAs
+                v = 8 if t <= 4 else 4
+                return 128, 128 * v, 4 * (t * _ceil(t, 4) + t)
+            nmt = 2 if tk <= 16 else 1  # tensor cores
+            return 256, 128 * nmt, 4 * (2 * tk * sw + tk)
+        if t <= 4:  # FP32 FMAs
+            return 128, 512, 4 * 4 * (t * t + t)
+        geo = psn_backward_geometry(t, dtype)
+        cb = geo["cb"]
+        w_floats = (4 if geo["wsplit"] else 1) * tk * sw  # W, W^T as tf32 hi/lo pairs
+        tiles = (tk + _ceil(t, 16)) * (cb + 4)  # X and GH tiles
+        return 256, cb, 4 * (w_floats + tk + tiles)
     if name == "sliding":
         k = int(const)
         if kernel == "sjp_sliding_forward":

@@ -41,11 +41,17 @@ def _f32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def _grid(kernel, name: str, kname: str, M: int, device, const=None, T: int = 0):
-    """``(grid, block, dynamic smem)`` of a launch over ``M`` neuron columns."""
-    block, cols, smem = C.launch_config(name, kname, const, T)
+def _grid(kernel, name: str, kname: str, M: int, x: Tensor, const=None, T: int = 0):
+    """``(grid, block, dynamic smem)`` of a launch over ``M`` neuron columns of
+    ``x``'s dtype and device."""
+    block, cols, smem = C.launch_config(name, kname, const, T, x.dtype)
     tiles = max(1, (M + cols - 1) // cols)
-    return C.device_grid(kernel, tiles, block, smem, device), block, smem
+    if tiles >= 2**31:  # the kernels index tiles with 32-bit ints
+        raise ValueError(
+            f"{kname}: M = {M} neurons per time step is too many for one launch "
+            f"(at most {(2**31 - 1) * cols}); split the batch"
+        )
+    return C.device_grid(kernel, tiles, block, smem, x.device), block, smem
 
 
 # ----------------------------------------------------------------------------- PSN
@@ -63,8 +69,9 @@ def psn_forward(
     s = torch.empty_like(x)
     if M == 0:
         return s
-    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, T, C.sg_flags(sg_kind))
-    grid, block, smem = _grid(k, "psn", "sjp_psn_forward", M, x.device, T)
+    flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, s))
+    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, T, flags)
+    grid, block, smem = _grid(k, "psn", "sjp_psn_forward", M, x, T)
     args = [x, _f32(weight), _f32(bias), s, np.int64(M)]
     C.launch(k, grid, block, args, x.device, smem)
     return s
@@ -90,13 +97,15 @@ def psn_backward(
     gx = torch.empty_like(x)
     if M == 0:
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
-    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, T, C.sg_flags(sg_kind))
-    grid, block, smem = _grid(k, "psn", "sjp_psn_backward", M, x.device, T)
+    grad_s = grad_s.to(x.dtype).contiguous()
+    flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, grad_s, gx))
+    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, T, flags)
+    grid, block, smem = _grid(k, "psn", "sjp_psn_backward", M, x, T)
     gw_part = torch.empty(grid, T, T, dtype=torch.float32, device=x.device)
     gb_part = torch.empty(grid, T, dtype=torch.float32, device=x.device)
     args = [
         x,
-        grad_s.to(x.dtype).contiguous(),
+        grad_s,
         _f32(weight),
         _f32(bias),
         gx,
@@ -176,7 +185,7 @@ def sliding_psn_forward(
     kern = C.get_kernel(
         "sliding", "sjp_sliding_forward", x.dtype, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_forward", M, x.device, k)
+    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_forward", M, x, k)
     args = [x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T)]
     C.launch(kern, grid, block, args, x.device, smem)
     return s
@@ -206,7 +215,7 @@ def sliding_psn_backward(
     kern = C.get_kernel(
         "sliding", "sjp_sliding_backward", x.dtype, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_backward", M, x.device, k)
+    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_backward", M, x, k)
     part = torch.empty(grid, k + 1, dtype=torch.float32, device=x.device)
     args = [
         x,
@@ -290,7 +299,7 @@ def mpe_psn_forward(
         return s, torch.zeros(T, dtype=torch.float32, device=x.device), uhl, ul
     flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
     kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_forward", M, x.device, None, T)
+    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_forward", M, x, None, T)
     if not need_mse:
         smem = 0
     err = torch.empty(grid if need_mse else 1, T, dtype=torch.float32, device=x.device)
@@ -363,7 +372,7 @@ def mpe_psn_backward(
 
     flags = C.mpe_flags(current_wiring, stochastic, grad_mse is not None, sg_kind)
     kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x.device)
+    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x)
     gv_part = torch.empty(grid, dtype=torch.float32, device=x.device)
     args = [
         x,

@@ -120,6 +120,8 @@ def _wrappers(
     code = []
     done = "sjp_emu_block_done(block);" if instrument else ""
     for name, sig in _SIG.findall(source):
+        if name in kernels:  # the same kernel in another #if branch (same signature)
+            continue
         params = _params(sig)
         kernels[name] = params
         decl = ", ".join(f"{t} {n}" for t, n in params)
@@ -229,6 +231,19 @@ def load(
 def to_kernel(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A CPU tensor in the kernel's storage type (bfloat16 is kept as raw bits)."""
     return t.detach().to(dtype).contiguous()
+
+
+def aligned(t: torch.Tensor, alignment: int = 256) -> torch.Tensor:
+    """A contiguous copy of ``t`` whose storage starts on an ``alignment``-byte
+    boundary, as CUDA allocations do (the L1/DRAM accounting counts 128-byte lines
+    and 32-byte sectors, so CPU tensors' 64-byte alignment would inflate it)."""
+    n, size = t.numel(), t.element_size()
+    pad = alignment // size
+    buf = torch.empty(n + pad, dtype=t.dtype)
+    off = (-buf.data_ptr() % alignment) // size
+    out = buf[off : off + n].view(t.shape)
+    out.copy_(t)
+    return out
 
 
 def poisoned(shape, dtype: torch.dtype) -> torch.Tensor:

@@ -103,6 +103,10 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   return r;
 }
 
+// the fast-math intrinsics, exact here
+static inline float __fdividef(float a, float b) { return a / b; }
+#define __expf(x) expf(x)
+
 static inline unsigned int __float_as_uint(float f) {
   unsigned int u;
   memcpy(&u, &f, 4);
@@ -220,12 +224,9 @@ static inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
 }
 
 // ------------------------------------------------------------- tf32 and mma
-// cvt.rna.tf32.f32: round to 10 explicit mantissa bits, ties away from zero.
-static inline uint32_t sjp_emu_to_tf32(float x) {
-  uint32_t u = __float_as_uint(x);
-  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf/NaN unchanged
-  u += 0x1000u;
-  return u & 0xffffe000u;
+// An fp32 register read as a tf32 mma operand: the low 13 mantissa bits are ignored.
+static inline float sjp_emu_tf32_operand(uint32_t u) {
+  return __uint_as_float(u & 0xffffe000u);
 }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 for the whole warp: each lane
@@ -243,12 +244,13 @@ static inline void sjp_emu_mma_tf32(float* d, const uint32_t* a, const uint32_t*
   float A[16][8], B[8][8];
   for (int l = 0; l < 32; ++l) {
     const int lg = l >> 2, lt = l & 3;
-    A[lg][lt] = __uint_as_float(sjp_emu_mma_a[w0 + l][0]);
-    A[lg + 8][lt] = __uint_as_float(sjp_emu_mma_a[w0 + l][1]);
-    A[lg][lt + 4] = __uint_as_float(sjp_emu_mma_a[w0 + l][2]);
-    A[lg + 8][lt + 4] = __uint_as_float(sjp_emu_mma_a[w0 + l][3]);
-    B[lt][lg] = __uint_as_float(sjp_emu_mma_b[w0 + l][0]);
-    B[lt + 4][lg] = __uint_as_float(sjp_emu_mma_b[w0 + l][1]);
+    // the tensor cores read the top 19 bits (tf32) of each 32-bit operand
+    A[lg][lt] = sjp_emu_tf32_operand(sjp_emu_mma_a[w0 + l][0]);
+    A[lg + 8][lt] = sjp_emu_tf32_operand(sjp_emu_mma_a[w0 + l][1]);
+    A[lg][lt + 4] = sjp_emu_tf32_operand(sjp_emu_mma_a[w0 + l][2]);
+    A[lg + 8][lt + 4] = sjp_emu_tf32_operand(sjp_emu_mma_a[w0 + l][3]);
+    B[lt][lg] = sjp_emu_tf32_operand(sjp_emu_mma_b[w0 + l][0]);
+    B[lt + 4][lg] = sjp_emu_tf32_operand(sjp_emu_mma_b[w0 + l][1]);
   }
   const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
   float out[4];
