@@ -253,7 +253,8 @@ def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[floa
         # the compiler versions the backward time loop: steps t >= 3 (the window
         # loads step t - 3) and the last three steps
         return float(T), [max(T - 3, 0), min(T, 3)]
-    return float(T), [T]
+    # forward: whole chunks of SJP_MPE_CHUNK (8) steps, then the last T % 8 steps
+    return float(T), [T // 8, T % 8]
 
 
 def static_trips(v: C.KernelVariant, kernel: str) -> List[Optional[int]]:

@@ -284,24 +284,34 @@ def test_emulated_mpe_surrogates(sg):
 
 
 def test_emulated_hash_equals_reference():
-    """The kernel's Bernoulli draws equal the torch path's (no sample flips)."""
+    """The kernel's Bernoulli draws equal the torch path's (no sample flips), in the
+    forward's step-by-step tail and in its chunks of 8 steps, also where the hash
+    counter (t0 + t) M + m crosses into its next high word inside a step or a chunk."""
     lib = H.load("mpe", torch.float32, None, C.mpe_flags(need_mse=False))
-    T, M = 4, 5000
+    M = 5000
+    tc = 2**32 // M  # step tc: columns m >= 2^32 - tc M are past the high word
     torch.manual_seed(0)
-    x = torch.randn(T, M) * 3
-    v = torch.tensor([1e9])  # never spike: u = h, so û reveals the samples
-    s = H.poisoned((T, M), torch.float32)
-    uhl = H.poisoned((M,), torch.float32)
-    ul = H.poisoned((M,), torch.float32)
-    err = torch.zeros(2, T)
-    block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
-    for t0 in (0, 7, 2**32 // M):  # the last crosses into the index's high word
+    x = torch.randn(24, M) * 3
+    v = torch.tensor([1e9])  # never spike: u = h, so û and u reveal the samples
+    tau = 0.25
+    cases = [(0, 4), (7, 4), (tc, 4), (tc - 7, 8), (tc - 6, 8), (tc - 12, 16),
+             (tc - 3, 16), (tc - 20, 21), (2 * tc - 3, 8)]  # fmt: skip
+    for t0, T in cases:
+        s = H.poisoned((T, M), torch.float32)
+        uhl = H.poisoned((M,), torch.float32)
+        ul = H.poisoned((M,), torch.float32)
+        err = torch.zeros(2, T)
+        block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
+        xt = x[:T].contiguous()
         lib.launch(
-            "sjp_mpe_forward", 2, block, x, None, None, s, uhl, ul, err, v, M, T, 0.25,
+            "sjp_mpe_forward", 2, block, xt, None, None, s, uhl, ul, err, v, M, T, tau,
             42, 43, t0, smem=smem,
         )  # fmt: skip
-        b = ref.mpe_bernoulli(x[-1:], (42, 43), t0 + T - 1)[0]
-        assert torch.equal(uhl, (1 - b) * x[-1])
+        b = ref.mpe_bernoulli(xt[-1:], (42, 43), t0 + T - 1)[0]
+        assert torch.equal(uhl, (1 - b) * xt[-1]), (t0, T)
+        if T > 1:  # u_{T-1} = I_{T-1} + tau û_{T-2}
+            b2 = ref.mpe_bernoulli(xt[-2:-1], (42, 43), t0 + T - 2)[0]
+            assert torch.equal(ul, xt[-1] + tau * ((1 - b2) * xt[-2])), (t0, T)
 
 
 @pytest.mark.parametrize("T,M", [(5, 40), (33, 20)])

@@ -167,7 +167,19 @@ __device__ __forceinline__ float sjp_hash_uniform(unsigned int seed_lo,
   return sjp_hash_uniform_key(key, (unsigned int)(index & 0xffffffffull));
 }
 
-__device__ __forceinline__ float sjp_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// sigmoid from the hardware exponential and reciprocal (MPE-PSN's Bernoulli
+// probability): a few ulp from torch.sigmoid, so a draw u = k 2^-24 compared with p can
+// differ from the torch path's only when u falls within those ulp of p (about 1e-7 per
+// element); 1 for x > 88 and 0 for x < -88 as it should.
+__device__ __forceinline__ float sjp_sigmoid(float x) {
+#ifdef SJP_EMULATION
+  return 1.0f / (1.0f + expf(-x));
+#else
+  float e;  // 2^(-x log2 e), flushed to 0 below 2^-126 (then p = 1 exactly)
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-1.4426950408889634f * x));
+  return sjp_rcp(1.0f + e);  // rcp(+inf) = 0 for x < -88
+#endif
+}
 
 // ------------------------------------------------------------ warp and block
 #define SJP_FULL_MASK 0xffffffffu

@@ -10,16 +10,19 @@
 // Launch layout: blocks of SJP_MPE_BLOCK (128) threads walk tiles of 128 neuron
 // columns (grid-stride over tiles; the launcher sizes the grid from the SM count and
 // the resident blocks per SM); thread `tid` owns column m = tile * 128 + tid and walks
-// its column over time (forward) or backwards (backward). Loads and stores of a warp
-// are 32 consecutive columns of one row: fully coalesced.
+// its column over time (forward) or backwards (backward) with pointers and the hash
+// index stepped by M (no 64-bit multiplies in the time loop). Loads and stores of a
+// warp are 32 consecutive columns of one row: fully coalesced.
 //
 // Forward (sjp_mpe_forward): reads I once, writes S once, and [M] last-step states
-// (û_{T-1}, u_{T-1}) for the next call. With need_mse, e_t^2 is summed over the warp
-// with shuffles and added by lane 0 to its warp's row of a [warps, T] table in dynamic
-// shared memory (one writer per row: no atomics); at the end the block adds the rows in
-// warp order and writes one partial per step, err_partial[block][t]; the launcher sums
-// the partials over blocks in a fixed order. Nothing is saved for backward: the
-// Bernoulli samples are regenerated from the hash.
+// (û_{T-1}, u_{T-1}) for the next call. With need_mse, time runs in chunks of
+// SJP_MPE_CHUNK (8) steps: each lane keeps its 8 values e_t^2 in registers and the warp
+// sums the 8 rows at once with a transposed butterfly (9 shuffles instead of 40); lane
+// 4 i ends with the warp's sum for step i of the chunk and adds it to its warp's row of
+// a [warps, T] table in dynamic shared memory (one writer per entry: no atomics). At
+// the end the block adds the rows in warp order and writes one partial per step,
+// err_partial[block][t]; the launcher sums the partials over blocks in a fixed order.
+// Nothing is saved for backward: the Bernoulli samples are regenerated from the hash.
 // Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M.
 //
 // Backward (sjp_mpe_backward): walks t from T-1 to 0 keeping the estimates of steps t,
@@ -31,6 +34,8 @@
 #include "common.cuh"
 
 #define SJP_MPE_BLOCK 128
+#define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2
+#define SJP_MPE_CHUNK_MAX_M 613566756ll  // 7 M < 2^32: chunks (larger M: step by step)
 // compile-time switches (each build has branch-free loops)
 #ifndef SJP_MPE_CURRENT
 #define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
@@ -68,13 +73,38 @@ struct SjpKeyCache {
   unsigned int seed_lo, seed_hi, hi, key;
   __device__ __forceinline__ unsigned int get(unsigned long long index) {
     const unsigned int h = (unsigned int)(index >> 32);
-    if (h != hi) {
+    if (__builtin_expect(h != hi, 0)) {
       hi = h;
       key = sjp_hash_key(seed_lo, seed_hi, h);
     }
     return key;
   }
 };
+
+// The warp sums of 8 values per lane, v[i] summed over the 32 lanes for each i, in 9
+// shuffles: three halving exchanges (lanes differing in bit 4 swap halves of v, then
+// bit 3, then bit 2), then two plain butterfly steps (bits 1, 0). Lane l returns the
+// sum for i = l >> 2 (every lane of a group of 4 holds the same value). The order of
+// the additions is fixed: deterministic.
+__device__ __forceinline__ float sjp_warp_sum8_transposed(const float (&v)[8], int lane) {
+  float a[4], b[2];
+  const bool u4 = lane & 16, u3 = lane & 8, u2 = lane & 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float keep = u4 ? v[i + 4] : v[i], give = u4 ? v[i] : v[i + 4];
+    a[i] = keep + __shfl_xor_sync(SJP_FULL_MASK, give, 16);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float keep = u3 ? a[i + 2] : a[i], give = u3 ? a[i] : a[i + 2];
+    b[i] = keep + __shfl_xor_sync(SJP_FULL_MASK, give, 8);
+  }
+  const float keep = u2 ? b[1] : b[0], give = u2 ? b[0] : b[1];
+  float r = keep + __shfl_xor_sync(SJP_FULL_MASK, give, 4);
+  r += __shfl_xor_sync(SJP_FULL_MASK, r, 2);
+  r += __shfl_xor_sync(SJP_FULL_MASK, r, 1);
+  return r;
+}
 
 extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     sjp_mpe_forward(const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
@@ -94,33 +124,75 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
   __syncthreads();
   const float v = v_th[0];
   SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};
+  unsigned int key_next = sjp_hash_key(seed_lo, seed_hi, 1u);  // of high word kc.hi + 1
   const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
 #pragma unroll 1
   for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
     const sjp_index m = tile * blockDim.x + threadIdx.x;
     const bool valid = m < M;
-    float uh_prev = valid && u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
-    float u_prev = valid && u0 ? sjp_load(u0, m) : 0.0f;
+    // lanes past M compute column M - 1 and store nothing (no branches in the loop)
+    const sjp_index mc = valid ? m : M - 1;
+    float uh_prev = u_hat0 ? sjp_load(u_hat0, mc) : 0.0f;
+    float u_prev = u0 ? sjp_load(u0, mc) : 0.0f;
+    const sjp_scalar* xp = x + mc;  // step t of this column
+    sjp_scalar* sp = s + mc;
+    unsigned long long index = (unsigned long long)t0 * M + mc;  // the hash counter
+    // one step under the hash key of its counter's high word and its low word lo:
+    // spike, state update, e_t^2 (0 for lanes past M)
+    auto step = [&](int t, unsigned int key, unsigned int lo) {
+      const float xi = sjp_load(xp, 0);
+      const SjpEst e = sjp_mpe_estimate(xi, key, lo);
+      const bool first = t0 + t == 0;
+      const float h = current_wiring ? (first ? xi : xi + tau * e.uh)
+                                     : xi + tau * uh_prev;
+      const float o = sjp_heaviside(h - v);
+      if (valid) sjp_store(sp, 0, o);
+      const float u = (1.0f - o) * h;
+      const float err = current_wiring ? (first ? 0.0f : e.uh - u_prev) : e.uh - u;
+      uh_prev = e.uh;
+      u_prev = u;
+      xp += M;
+      sp += M;
+      return valid ? err * err : 0.0f;
+    };
+    // one step whatever its counter (the key looked up per step)
+    auto step_any = [&](int t) {
+      const float e2 = step(t, kc.get(index), (unsigned int)index);
+      index += M;
+      return e2;
+    };
+    // Whole chunks (while 7 M < 2^32, so a chunk's counters span at most two high
+    // words): one 64-bit counter per chunk, 32-bit low words per step and the key of
+    // the high word or the next one, both cached per block.
+    const int t_full = M <= SJP_MPE_CHUNK_MAX_M ? T / SJP_MPE_CHUNK * SJP_MPE_CHUNK : 0;
+    int tc = 0;
 #pragma unroll 1
-    for (int t = 0; t < T; ++t) {
-      float err = 0.0f;
-      if (valid) {
-        const float xi = sjp_load(x, (sjp_index)t * M + m);
-        const unsigned long long index = (unsigned long long)(t0 + t) * M + m;
-        const SjpEst e = sjp_mpe_estimate(xi, kc.get(index), (unsigned int)index);
-        const bool first = (t0 + t) == 0;
-        const float h = current_wiring ? (first ? xi : xi + tau * e.uh)
-                                       : xi + tau * uh_prev;
-        const float o = sjp_heaviside(h - v);
-        sjp_store(s, (sjp_index)t * M + m, o);
-        const float u = (1.0f - o) * h;
-        err = current_wiring ? (first ? 0.0f : e.uh - u_prev) : e.uh - u;
-        uh_prev = e.uh;
-        u_prev = u;
+    for (; tc < t_full; tc += SJP_MPE_CHUNK) {  // straight-line code
+      const unsigned int hi = (unsigned int)(index >> 32), lo = (unsigned int)index;
+      if (__builtin_expect(hi != kc.hi, 0)) {
+        kc.hi = hi;
+        kc.key = sjp_hash_key(seed_lo, seed_hi, hi);
+        key_next = sjp_hash_key(seed_lo, seed_hi, hi + 1u);
       }
+      float e2[SJP_MPE_CHUNK];
+#pragma unroll
+      for (int j = 0; j < SJP_MPE_CHUNK; ++j) {
+        const unsigned int lo_j = lo + (unsigned int)j * (unsigned int)M;
+        e2[j] = step(tc + j, lo_j < lo ? key_next : kc.key, lo_j);  // wrapped: hi + 1
+      }
+      index += (unsigned long long)SJP_MPE_CHUNK * M;
       if (need_mse) {  // block-uniform: every lane takes part in the shuffles
-        const float sum = sjp_warp_sum(err * err);
-        if (lane == 0) err_s[warp * T + t] += sum;
+        // the warp's sums (lane 4 i: step tc + i) into its row of the table
+        const float sum = sjp_warp_sum8_transposed(e2, lane);
+        if ((lane & 3) == 0) err_s[warp * T + tc + (lane >> 2)] += sum;
+      }
+    }
+#pragma unroll 1
+    for (; tc < T; ++tc) {  // the last T % 8 steps, one at a time
+      const float e2 = step_any(tc);
+      if (need_mse) {
+        const float sum = sjp_warp_sum(e2);
+        if (lane == 0) err_s[warp * T + tc] += sum;
       }
     }
     if (valid && u_hat_last) sjp_store(u_hat_last, m, uh_prev);
@@ -172,19 +244,32 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     if (m >= M) continue;
     const float uh_init = u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
     const float u_init = u0 ? sjp_load(u0, m) : 0.0f;
-    // xi and the estimate of step tq (tq = -1: the carried state)
-    auto load_x = [&](int tq) { return tq >= 0 ? sjp_load(x, (sjp_index)tq * M + m) : 0.0f; };
-    auto est_of = [&](int tq, float xi) {
-      if (tq < 0) return SjpEst{uh_init, 0.0f};
-      const unsigned long long index = (unsigned long long)(t0 + tq) * M + m;
-      return sjp_mpe_estimate(xi, kc.get(index), (unsigned int)index);
+    // The estimates are read backwards in time, one step ahead of t - 2: xq and iq
+    // (pointer into I and hash counter) are those of step tq, stepped by -M.
+    int tq = T - 1;
+    const sjp_scalar* xq = x + (sjp_index)tq * M + m;
+    unsigned long long iq = (unsigned long long)(t0 + tq) * M + m;
+    // x and estimate of step tq, then move to tq - 1 (before step 0: the carried state)
+    auto next_est = [&](float& xi) {
+      if (tq < 0) {
+        xi = 0.0f;
+        return SjpEst{uh_init, 0.0f};
+      }
+      xi = sjp_load(xq, 0);
+      const SjpEst e = sjp_mpe_estimate(xi, kc.get(iq), (unsigned int)iq);
+      xq -= M;
+      iq -= M;
+      --tq;
+      return e;
     };
     // rolling window: x, estimate and step values of t and t - 1, estimate of t - 2
-    float x_t = load_x(T - 1), x_p = load_x(T - 2);
-    SjpEst e_t = est_of(T - 1, x_t), e_p = est_of(T - 2, x_p);
-    float x_pp = load_x(T - 3);
-    SjpEst e_pp = est_of(T - 3, x_pp);
+    float x_t, x_p, x_pp;
+    SjpEst e_t = next_est(x_t);
+    SjpEst e_p = next_est(x_p);
+    SjpEst e_pp = next_est(x_pp);
     SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
+    const sjp_scalar* gsp = grad_s + (sjp_index)(T - 1) * M + m;
+    sjp_scalar* gxp = grad_x + (sjp_index)(T - 1) * M + m;
     float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
     float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
 #pragma unroll 1
@@ -197,7 +282,8 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
         st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
         u_before = st_p.u;
       }
-      const float gs = sjp_load(grad_s, (sjp_index)t * M + m);
+      const float gs = sjp_load(gsp, 0);
+      gsp -= M;
       // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
       // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
       float adj_u = 0.0f;
@@ -228,19 +314,15 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
         grad_h_next = grad_h;
         if (t == 0 && grad_u_hat0) grad_u_hat0[m] = tau * grad_h;
       }
-      sjp_store(grad_x, (sjp_index)t * M + m, grad_h + grad_uh * e_t.dudx);
+      sjp_store(gxp, 0, grad_h + grad_uh * e_t.dudx);
+      gxp -= M;
       // shift the window one step back in time
       x_t = x_p;
       e_t = e_p;
       st_t = st_p;
       x_p = x_pp;
       e_p = e_pp;
-      if (t >= 3) {
-        x_pp = load_x(t - 3);
-        e_pp = est_of(t - 3, x_pp);
-      } else {
-        e_pp = est_of(-1, 0.0f);
-      }
+      e_pp = next_est(x_pp);
     }
   }
   const float r = sjp_block_sum(acc_v, scratch);

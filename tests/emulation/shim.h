@@ -35,6 +35,7 @@ static sjp_dim3 blockIdx, blockDim, gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
 #define __shared__ static
 #define __syncthreads() _Pragma("omp barrier")
