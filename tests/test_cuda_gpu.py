@@ -107,6 +107,43 @@ def test_cupy_mpe_reproducible_and_equal_to_torch_samples():
     assert (sa != sb).float().mean() < 1e-4  # same counter hash in both backends
 
 
+@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cupy_bitwise_deterministic(name, dtype):
+    """No float atomics: the same inputs give the same bits, also with
+    torch.use_deterministic_algorithms(True) (which the ops do not trip)."""
+    _, b = _pair(MAKERS[name], dtype)
+    x = (torch.randn(16, 8, 1000, device="cuda") * 1.5).to(dtype)
+    g = torch.randn(16, 8, 1000, device="cuda")
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            b.zero_grad(set_to_none=True)
+            runs.append(_run(b, x, g))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    s0, gx0, gp0 = runs[0]
+    s1, gx1, gp1 = runs[1]
+    assert torch.equal(s0, s1) and torch.equal(gx0, gx1)
+    assert all(torch.equal(p, q) for p, q in zip(gp0, gp1))
+
+
+@pytest.mark.parametrize("T", [3, 8, 24, 40, 64])
+@pytest.mark.parametrize("M", [4096, 4093])  # the 16-byte vector path and the scalar
+def test_cupy_psn_every_kernel_path(T, M):
+    a, b = _pair(lambda: sjp.PSN(T), torch.float32)
+    x = torch.randn(T, M, device="cuda") * 1.5
+    g = torch.randn(T, M, device="cuda")
+    sa, gxa, gpa = _run(a, x, g)
+    sb, gxb, gpb = _run(b, x, g)
+    assert (sa != sb).float().mean() < 1e-3
+    assert (gxa - gxb).abs().max() / (gxa.abs().max() + 1e-3) < 1e-3
+    for p, q in zip(gpa, gpb):
+        assert (p - q).abs().max() / (p.abs().max() + 1e-3) < 1e-3
+
+
 def test_cupy_compile():
     m = sjp.PSN(8, backend="cupy").cuda()
     x = torch.randn(8, 2, 64, device="cuda", requires_grad=True)

@@ -107,12 +107,14 @@ __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
       return a * s * (1.0f - s);
     }
     case SJP_SG_PIECEWISE_QUADRATIC: {
+      // |x| > 1 / a, without the IEEE division (and its slow-path call)
       const float ax = fabsf(x);
-      return ax > 1.0f / a ? 0.0f : a - a * a * ax;
+      return a * ax > 1.0f ? 0.0f : a - a * a * ax;
     }
     case SJP_SG_SOFTSIGN: {
-      const float t = 1.0f / a + fabsf(x);
-      return __fdividef(1.0f, 2.0f * a * t * t);
+      // 1 / (2 a (1/a + |x|)^2) = a / (2 (1 + a |x|)^2)
+      const float u = 1.0f + a * fabsf(x);
+      return __fdividef(a, 2.0f * u * u);
     }
     case SJP_SG_ERF:
       // alpha / sqrt(pi) * exp(-(alpha x)^2)
