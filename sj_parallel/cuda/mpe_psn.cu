@@ -123,8 +123,10 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     for (int i = threadIdx.x; i < warps * T; i += blockDim.x) err_s[i] = 0.0f;
   __syncthreads();
   const float v = v_th[0];
-  SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};
-  unsigned int key_next = sjp_hash_key(seed_lo, seed_hi, 1u);  // of high word kc.hi + 1
+  SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};  // steps
+  // the chunks' own cache: the keys of high words chunk_hi and chunk_hi + 1
+  unsigned int chunk_hi = 0u, key_hi = kc.key;
+  unsigned int key_next = sjp_hash_key(seed_lo, seed_hi, 1u);
   const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
 #pragma unroll 1
   for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
@@ -163,22 +165,22 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     };
     // Whole chunks (while 7 M < 2^32, so a chunk's counters span at most two high
     // words): one 64-bit counter per chunk, 32-bit low words per step and the key of
-    // the high word or the next one, both cached per block.
+    // the high word or the next one, both cached per thread.
     const int t_full = M <= SJP_MPE_CHUNK_MAX_M ? T / SJP_MPE_CHUNK * SJP_MPE_CHUNK : 0;
     int tc = 0;
 #pragma unroll 1
     for (; tc < t_full; tc += SJP_MPE_CHUNK) {  // straight-line code
       const unsigned int hi = (unsigned int)(index >> 32), lo = (unsigned int)index;
-      if (__builtin_expect(hi != kc.hi, 0)) {
-        kc.hi = hi;
-        kc.key = sjp_hash_key(seed_lo, seed_hi, hi);
+      if (__builtin_expect(hi != chunk_hi, 0)) {
+        chunk_hi = hi;
+        key_hi = sjp_hash_key(seed_lo, seed_hi, hi);
         key_next = sjp_hash_key(seed_lo, seed_hi, hi + 1u);
       }
       float e2[SJP_MPE_CHUNK];
 #pragma unroll
       for (int j = 0; j < SJP_MPE_CHUNK; ++j) {
         const unsigned int lo_j = lo + (unsigned int)j * (unsigned int)M;
-        e2[j] = step(tc + j, lo_j < lo ? key_next : kc.key, lo_j);  // wrapped: hi + 1
+        e2[j] = step(tc + j, lo_j < lo ? key_next : key_hi, lo_j);  // wrapped: hi + 1
       }
       index += (unsigned long long)SJP_MPE_CHUNK * M;
       if (need_mse) {  // block-uniform: every lane takes part in the shuffles
