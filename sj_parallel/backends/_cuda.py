@@ -248,7 +248,7 @@ def launch_config(
         if kernel == "sjp_sliding_forward":
             return 128, 128 // (1 if k <= 16 else 2 if k <= 32 else 4), 0
         lanes = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
-        return 128, 128 // lanes, 4 * 4 * (k + 1)
+        return 128, 128 // lanes, 4 * 4 * (k + 1)  # [warps][k + 1] gradient sums
     if kernel == "sjp_mpe_forward":
         return 128, 128, 4 * 4 * max(T, 1)
     return 128, 128, 4 * 4

@@ -39,6 +39,10 @@
 #define SJP_FS (SJP_K <= 16 ? 1 : SJP_K <= 32 ? 2 : 4)
 #define SJP_BSEG 8
 #define SJP_BS (SJP_K <= 8 ? 1 : SJP_K <= 16 ? 2 : SJP_K <= 32 ? 4 : 8)
+// whether delay e of a lane's segment can have a nonzero weight (with one lane per
+// column, delays from k on are skipped at compile time)
+#define SJP_FUSE(e) (SJP_FS > 1 || (e) < SJP_K)
+#define SJP_BUSE(e) (SJP_BS > 1 || (e) < SJP_K)
 
 // Sum over the S lanes of a column (all of them get the total).
 template <int S>
@@ -79,21 +83,28 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
     float ring[SEG];  // ring[slot]: this lane's input of delay (u - slot) mod SEG
 #pragma unroll
     for (int e = 0; e < SEG; ++e) ring[e] = 0.0f;
+    const bool io = seg == 0 && valid;  // lane 0 of a column loads and stores
+    const sjp_index mc = valid ? m : 0;
+    const sjp_scalar* xp = x + mc;  // row t of this column, stepped by M
+    sjp_scalar* sp = s_out + mc;
+    // time runs in whole chunks of SEG steps (the ring slot of step t is t mod SEG, a
+    // compile-time index); steps past T load zeros and store nothing
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
-        const int t = t0 + u;
-        if (t < T) {  // block-uniform
-          const float xin = (seg == 0 && valid) ? sjp_load(x, (sjp_index)t * M + m) : 0.0f;
-          const float passed = sjp_from_prev_lane<S>(ring[u]);
-          ring[u] = seg == 0 ? xin : passed;
-          float p = 0.0f;
+        const bool in_t = t0 + u < T;
+        const float xin = io && in_t ? sjp_load(xp, 0) : 0.0f;
+        const float passed = sjp_from_prev_lane<S>(ring[u]);
+        ring[u] = seg == 0 ? xin : passed;
+        float p = 0.0f;
 #pragma unroll
-          for (int e = 0; e < SEG; ++e) p += wreg[e] * ring[(u - e) & (SEG - 1)];
-          const float h = sjp_group_sum<S>(p) + bias;
-          if (seg == 0 && valid) sjp_store(s_out, (sjp_index)t * M + m, sjp_heaviside(h));
-        }
+        for (int e = 0; e < SEG; ++e)
+          if (SJP_FUSE(e)) p += wreg[e] * ring[(u - e) & (SEG - 1)];
+        const float h = sjp_group_sum<S>(p) + bias;
+        if (io && in_t) sjp_store(sp, 0, sjp_heaviside(h));
+        xp += M;
+        sp += M;
       }
     }
   }
@@ -128,53 +139,61 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
     float xr[SEG], ga[SEG];  // input ring; pending grad_X of outputs t - SEG*seg - slot
 #pragma unroll
     for (int e = 0; e < SEG; ++e) xr[e] = ga[e] = 0.0f;
-    int u_last = 0;
+    // row pointers of this column, stepped by M (lane 0 loads, lane S - 1 stores the
+    // output that leaves the pipeline, SEG * S rows behind)
+    const sjp_index mc = valid ? m : 0;
+    const sjp_scalar* xp = x + mc;
+    const sjp_scalar* gp = grad_s + mc;
+    sjp_scalar* gxp = grad_x + mc;
+    const bool loads = seg == 0 && valid, stores = seg == S - 1 && valid;
+    // Time runs in whole chunks of SEG steps (the ring slot of step t is t mod SEG, a
+    // compile-time index). Steps past T load zeros: their GH is exactly 0, so they
+    // only push complete outputs down the pipeline.
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const int t = t0 + u;
-        if (t < T) {  // block-uniform
-          const sjp_index row = (sjp_index)t * M;
-          const bool loads = seg == 0 && valid;
-          const float xin = loads ? sjp_load(x, row + m) : 0.0f;
-          const float gin = loads ? sjp_load(grad_s, row + m) : 0.0f;
-          // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
-          // last lane's is complete (delays past k have zero weight)
-          const float out = ga[u];
-          const float from_prev = sjp_from_prev_lane<S>(out);
-          const sjp_index j = (sjp_index)t - SEG * S;
-          if (seg == S - 1 && valid && j >= 0) sjp_store(grad_x, j * M + m, out);
-          ga[u] = seg == 0 ? 0.0f : from_prev;
-          const float xpass = sjp_from_prev_lane<S>(xr[u]);
-          xr[u] = seg == 0 ? xin : xpass;
-          float p = 0.0f;
+        const bool in_t = t < T;
+        const float xin = loads && in_t ? sjp_load(xp, 0) : 0.0f;
+        const float gin = loads && in_t ? sjp_load(gp, 0) : 0.0f;
+        xp += M;
+        gp += M;
+        // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
+        // last lane's, output t - SEG*S < T, is complete (delays past k have zero
+        // weight)
+        const float out = ga[u];
+        const float from_prev = sjp_from_prev_lane<S>(out);
+        if (stores && t >= SEG * S) sjp_store(gxp, 0, out);
+        if (t >= SEG * S) gxp += M;
+        ga[u] = seg == 0 ? 0.0f : from_prev;
+        const float xpass = sjp_from_prev_lane<S>(xr[u]);
+        xr[u] = seg == 0 ? xin : xpass;
+        float p = 0.0f;
 #pragma unroll
-          for (int e = 0; e < SEG; ++e) p += wreg[e] * xr[(u - e) & (SEG - 1)];
-          const float h = sjp_group_sum<S>(p) + bias;
-          const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
-          const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
+        for (int e = 0; e < SEG; ++e)
+          if (SJP_BUSE(e)) p += wreg[e] * xr[(u - e) & (SEG - 1)];
+        const float h = sjp_group_sum<S>(p) + bias;
+        const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
+        const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
 #pragma unroll
-          for (int e = 0; e < SEG; ++e) {
+        for (int e = 0; e < SEG; ++e) {
+          if (SJP_BUSE(e)) {
             ga[(u - e) & (SEG - 1)] += wreg[e] * gh;
             aw[e] += gh * xr[(u - e) & (SEG - 1)];
           }
-          if (seg == 0) ab += gh;
-          u_last = u;
         }
+        if (seg == 0) ab += gh;
       }
     }
-    // the outputs still in the rings are complete: output T - 1 - SEG*seg - e sits in
-    // slot (u_last - e) mod SEG (a static index in each branch)
+    // The outputs still in the rings are complete: after t_end = T rounded up to SEG
+    // steps, output t_end - 1 - SEG*seg - e sits in slot SEG - 1 - e (static); those
+    // past T - 1 do not exist.
+    const int t_end = (T + SEG - 1) / SEG * SEG;
 #pragma unroll
-    for (int uu = 0; uu < SEG; ++uu) {
-      if (uu == u_last) {
-#pragma unroll
-        for (int e = 0; e < SEG; ++e) {
-          const sjp_index j = (sjp_index)T - 1 - SEG * seg - e;
-          if (valid && j >= 0 && T > 0) sjp_store(grad_x, j * M + m, ga[(uu - e) & (SEG - 1)]);
-        }
-      }
+    for (int e = 0; e < SEG; ++e) {
+      const sjp_index j = (sjp_index)t_end - 1 - SEG * seg - e;
+      if (valid && j >= 0 && j < T) sjp_store(grad_x, j * M + m, ga[SEG - 1 - e]);
     }
   }
   // grad_w, grad_b: sum over the columns of the warp (lanes with the same seg), then
