@@ -110,14 +110,15 @@ SJ_BYTES = {"forward": 18.0, "backward": 72.0}
 
 # Targets (issue 9): estimated % of the H100 DRAM roofline per (file, pass), for
 # float32 and bfloat16, as a function of the compile-time T or k (None: MPE-PSN)
-def target_pct(rec: Record) -> Optional[float]:
-    """The estimate a record must reach, or None where no target applies."""
-    if rec.dtype not in ("float32", "bfloat16") or rec.arch != "sm_90":
+def target_pct(rec: dict) -> Optional[float]:
+    """The estimate a record (of ``--json``) must reach, or None where no target
+    applies."""
+    if rec["dtype"] not in ("float32", "bfloat16") or rec["arch"] != "sm_90":
         return None
-    name = Path(rec.file).stem
+    name = Path(rec["file"]).stem
     if name == "mpe_psn":
         return 70.0
-    c = rec.const
+    c = rec["const"]
     if name == "psn":
         return 70.0 if c <= 32 else 50.0 if c == 64 else None
     return 70.0 if c <= 16 else 50.0 if c == 64 else None  # sliding_psn
@@ -131,29 +132,30 @@ KNOWN_MISSES = {
     # backward on the issue port; above k = 8 the backward splits a window over 2-8
     # lanes, which adds shuffles per element. bfloat16 moves 4-6 bytes per element, too
     # few for that work. A tensor-core band GEMM is the way out (docs/kernels.md).
-    ("sliding_psn", "backward", "bfloat16", 16): "issue-bound (136 instr/element)",
+    ("sliding_psn", "backward", "bfloat16", 16): "issue-bound (154 instr/element)",
     ("sliding_psn", "forward", "bfloat16", 64): "issue-bound (157 instr/element)",
-    ("sliding_psn", "backward", "float32", 64): "issue-bound (546 instr/element)",
-    ("sliding_psn", "backward", "bfloat16", 64): "issue-bound (575 instr/element)",
+    ("sliding_psn", "backward", "float32", 64): "issue-bound (611 instr/element)",
+    ("sliding_psn", "backward", "bfloat16", 64): "issue-bound (649 instr/element)",
     # MPE-PSN: the hash (about 15 integer instructions), sigmoid, surrogate and carried
     # gradients of each element; at 4 to 6 bytes per element (bfloat16) the issue port
     # runs out before DRAM. The forward's count includes the cold branch that refreshes
     # the hash keys every 2^32 elements (4 instructions per element that do not run).
     ("mpe_psn", "forward", "bfloat16", "previous"): "issue-bound (56 instr/element)",
     ("mpe_psn", "forward", "bfloat16", "current"): "issue-bound (63 instr/element)",
-    ("mpe_psn", "backward", "float32", "current"): "issue-bound (164 instr/element)",
-    ("mpe_psn", "backward", "bfloat16", "previous"): "issue-bound (143 instr/element)",
-    ("mpe_psn", "backward", "bfloat16", "current"): "issue-bound (165 instr/element)",
+    ("mpe_psn", "backward", "float32", "current"): "issue-bound (157 instr/element)",
+    ("mpe_psn", "backward", "bfloat16", "previous"): "issue-bound (142 instr/element)",
+    ("mpe_psn", "backward", "bfloat16", "current"): "issue-bound (164 instr/element)",
 }
 
 
-def miss_key(rec: Record) -> Tuple[str, str, str, object]:
-    """``(file stem, pass, dtype, T or k or the MPE-PSN wiring)`` of a record."""
-    name = Path(rec.file).stem
+def miss_key(rec: dict) -> Tuple[str, str, str, object]:
+    """``(file stem, pass, dtype, T or k or the MPE-PSN wiring)`` of a record (of
+    ``--json``)."""
+    name = Path(rec["file"]).stem
     if name == "mpe_psn":
-        current = dict((k, v) for k, v in rec.flags).get("SJP_MPE_CURRENT", 0)
-        return (name, rec.pass_, rec.dtype, "current" if current else "previous")
-    return (name, rec.pass_, rec.dtype, rec.const)
+        current = dict((k, v) for k, v in rec["flags"]).get("SJP_MPE_CURRENT", 0)
+        return (name, rec["pass"], rec["dtype"], "current" if current else "previous")
+    return (name, rec["pass"], rec["dtype"], rec["const"])
 
 
 # SASS opcodes by pipe (the opcode before the first '.')
@@ -179,7 +181,40 @@ def variants(full: bool) -> List[C.KernelVariant]:
 
 # ------------------------------------------------------------ compile / ptxas
 def _run(cmd: List[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+            f" (NVRTC {NVRTC_VERSION}: ptxas reads the PTX of NVRTC 12 only; run the"
+            " model in a fresh process, before torch binds its own NVRTC)"
+        )
+    return proc
+
+
+def resources(archs=(80, 90)) -> List[dict]:
+    """ptxas resources and H100 occupancy of every representative variant
+    (``_cuda.kernel_variants()``) and every modelled one, per kernel and arch."""
+    seen, rows = set(), []
+    for v in C.kernel_variants(representative=True) + variants(False):
+        key = (v.name, v.dtype, v.const, v.flags)
+        if key in seen:
+            continue
+        seen.add(key)
+        T = v.const if v.name == "psn" else MODEL_T[v.name]
+        for arch in archs:
+            for kernel, c in compile_variant(v, arch).items():
+                block, _, dyn = C.launch_config(v.name, kernel, v.const, T, v.dtype)
+                occ = O.occupancy(
+                    90, block, c["registers"], c["static_smem_bytes"] + dyn
+                )
+                rows.append({"kernel": kernel, "dtype": DTYPE_NAMES[v.dtype],
+                             "const": v.const, "flags": [list(f) for f in v.flags],
+                             "arch": f"sm_{arch}", "registers": c["registers"],
+                             "spill_bytes": c["spill_bytes"],
+                             "stack_bytes": c["stack_bytes"], "block": block,
+                             "dynamic_smem_bytes": dyn,
+                             "occupancy_h100_at_sm90_registers": occ})  # fmt: skip
+    return rows
 
 
 def compile_variant(v: C.KernelVariant, arch: int) -> Dict[str, dict]:
@@ -578,7 +613,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write one record per variant, pass and arch")
     p.add_argument("--markdown", help="write the sm_90 table as Markdown")
     p.add_argument("--files", help="comma-separated kernel files (psn,sliding,mpe)")
+    p.add_argument(
+        "--resources",
+        help="also write the ptxas resources of every representative variant (JSON)",
+    )
     a = p.parse_args(argv)
+    if a.resources:
+        Path(a.resources).write_text(json.dumps(resources(), indent=1))
     records = model(a.all, files=a.files.split(",") if a.files else None)
     text = table(records)
     print(f"# NVRTC {NVRTC_VERSION[0]}.{NVRTC_VERSION[1]}, ptxas from {BIN}")

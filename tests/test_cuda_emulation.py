@@ -183,9 +183,9 @@ def test_emulated_sliding_forward_backward(dtype, T, k, M):
 
 
 # ------------------------------------------------------------------------- MPE
-def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg):
+def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=False):
     kind, *sgp = C.surrogate_params(sg)
-    flags = C.mpe_flags(wiring == "current", stochastic, need_mse, kind)
+    flags = C.mpe_flags(wiring == "current", stochastic, need_mse, kind, wide=wide)
     lib = H.load("mpe", dtype, None, flags)
     torch.manual_seed(T * 7 + M + t0)
     x = (torch.randn(T, M) * 1.5).to(dtype)
@@ -281,6 +281,25 @@ def test_emulated_mpe(dtype, wiring, stochastic, T, M):
 def test_emulated_mpe_surrogates(sg):
     for wiring in ("previous", "current"):
         _mpe_case(torch.float32, 6, 70, wiring, True, True, True, 2, sg)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["two-keys", "wide"])
+@pytest.mark.parametrize("wiring", ["previous", "current"])
+def test_emulated_mpe_counter_crosses_high_word(wide, wiring):
+    """Forward and backward where the hash counter (t0 + t) M + m crosses 2^32 inside
+    the sequence: the backward's two-key path (a borrow selects the lower word's key)
+    and its general path (SJP_MPE_WIDE) against the reference."""
+    M, T = 130, 20
+    t0 = 2**32 // M - 9  # steps 9 and 10 cross, inside a forward chunk
+    sg = surrogate.ATan(alpha=2.0)
+    _mpe_case(torch.float32, T, M, wiring, True, True, True, t0, sg, wide=wide)
+
+
+def test_mpe_backward_wide_threshold():
+    assert not C.mpe_backward_wide(5, 2**30 - 1)  # 4 M < 2^32
+    assert C.mpe_backward_wide(5, 2**30)
+    assert C.mpe_backward_wide(2, 2**32)
+    assert not C.mpe_backward_wide(1, 2**40)  # one step: no span
 
 
 def test_emulated_hash_equals_reference():

@@ -105,13 +105,27 @@ def mpe_flags(
     stochastic: bool = True,
     need_mse: bool = True,
     sg_kind: int = 2,
+    wide: bool = False,
 ) -> Flags:
-    """MPE-PSN's compile-time switches (wiring, sampling, loss) and surrogate."""
+    """MPE-PSN's compile-time switches (wiring, sampling, loss) and surrogate;
+    ``wide``: the backward's hash counter may cross more than one 2^32 boundary per
+    column (:func:`mpe_backward_wide`)."""
     return (
-        ("SJP_MPE_CURRENT", int(bool(current))),
-        ("SJP_MPE_STOCHASTIC", int(bool(stochastic))),
-        ("SJP_MPE_MSE", int(bool(need_mse))),
-    ) + sg_flags(sg_kind)
+        (
+            ("SJP_MPE_CURRENT", int(bool(current))),
+            ("SJP_MPE_STOCHASTIC", int(bool(stochastic))),
+            ("SJP_MPE_MSE", int(bool(need_mse))),
+        )
+        + sg_flags(sg_kind)
+        + ((("SJP_MPE_WIDE", 1),) if wide else ())
+    )
+
+
+def mpe_backward_wide(T: int, M: int) -> bool:
+    """Whether the MPE-PSN backward needs its general hash-key path: a column's
+    counters (t0 + t) M + m, t < T, span (T - 1) M, which must stay below 2^32 for the
+    fast path (keys of two high words per column, computed once)."""
+    return (T - 1) * M >= 2**32
 
 
 def variant_options(
@@ -175,6 +189,7 @@ def kernel_variants(
             for k in sgs
             if k != 2
         ]
+        out.append(KernelVariant("mpe", torch.float32, None, mpe_flags(wide=True)))
         return out
     for d in dtypes:
         for k in sgs:
@@ -248,7 +263,8 @@ def launch_config(
         if kernel == "sjp_sliding_forward":
             return 128, 128 // (1 if k <= 16 else 2 if k <= 32 else 4), 0
         lanes = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
-        return 128, 128 // lanes, 4 * 4 * (k + 1)  # [warps][k + 1] gradient sums
+        # [warps][k + 1] gradient sums | k > 8: the rings' flush [8][block]
+        return 128, 128 // lanes, 4 * (4 * (k + 1) + (8 * 128 if k > 8 else 0))
     if kernel == "sjp_mpe_forward":
         return 128, 128, 4 * 4 * max(T, 1)
     return 128, 128, 4 * 4

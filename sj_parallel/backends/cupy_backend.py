@@ -370,7 +370,13 @@ def mpe_psn_backward(
     def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
         return None if t is None else t.to(dtype).contiguous()
 
-    flags = C.mpe_flags(current_wiring, stochastic, grad_mse is not None, sg_kind)
+    flags = C.mpe_flags(
+        current_wiring,
+        stochastic,
+        grad_mse is not None,
+        sg_kind,
+        wide=C.mpe_backward_wide(T, M),
+    )
     kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype, None, flags)
     grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x)
     gv_part = torch.empty(grid, dtype=torch.float32, device=x.device)

@@ -74,8 +74,8 @@ __device__ __forceinline__ void sjp_store(sjp_scalar* p, sjp_index i, float v) {
 // ---------------------------------------------------------------- surrogates
 // d Θ_surrogate(x) / dx for SpikingJelly's surrogate functions. `a`, `c` and `d` are
 // read from the surrogate object by the launcher (sj_parallel/backends/_cuda.py).
-// Divisions and exponentials use the fast hardware forms (__fdividef, __expf: a few
-// ulp), which the gradient tolerances of the tests cover.
+// Divisions and exponentials use the fast hardware forms (sjp_rcp, sjp_exp,
+// __fdividef: a few ulp), which the gradient tolerances of the tests cover.
 #define SJP_SG_ATAN 0                  // a = alpha
 #define SJP_SG_SIGMOID 1               // a = alpha
 #define SJP_SG_PIECEWISE_QUADRATIC 2   // a = alpha
@@ -94,6 +94,17 @@ __device__ __forceinline__ float sjp_rcp(float x) {
 #endif
 }
 
+// e^x with the hardware's ex2.approx.ftz (2 ulp; results below 2^-126 flush to 0).
+__device__ __forceinline__ float sjp_exp(float x) {
+#ifdef SJP_EMULATION
+  return expf(x);
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.4426950408889634f * x));
+  return r;
+#endif
+}
+
 __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
                                                     float c, float d) {
   switch (kind) {
@@ -103,7 +114,7 @@ __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
       return 0.5f * a * sjp_rcp(1.0f + ax * ax);
     }
     case SJP_SG_SIGMOID: {
-      const float s = __fdividef(1.0f, 1.0f + __expf(-a * x));
+      const float s = sjp_rcp(1.0f + sjp_exp(-a * x));
       return a * s * (1.0f - s);
     }
     case SJP_SG_PIECEWISE_QUADRATIC: {
@@ -118,7 +129,7 @@ __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
     }
     case SJP_SG_ERF:
       // alpha / sqrt(pi) * exp(-(alpha x)^2)
-      return a * 0.56418958354775628f * __expf(-(a * x) * (a * x));
+      return a * 0.56418958354775628f * sjp_exp(-(a * x) * (a * x));
     case SJP_SG_PIECEWISE_LEAKY_RELU:
       return fabsf(x) < a ? d : c;
     default:
@@ -177,9 +188,8 @@ __device__ __forceinline__ float sjp_sigmoid(float x) {
 #ifdef SJP_EMULATION
   return 1.0f / (1.0f + expf(-x));
 #else
-  float e;  // 2^(-x log2 e), flushed to 0 below 2^-126 (then p = 1 exactly)
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-1.4426950408889634f * x));
-  return sjp_rcp(1.0f + e);  // rcp(+inf) = 0 for x < -88
+  // e^-x flushed to 0 below 2^-126 (then p = 1 exactly); rcp(+inf) = 0 for x < -88
+  return sjp_rcp(1.0f + sjp_exp(-x));
 #endif
 }
 

@@ -35,7 +35,6 @@
 
 #define SJP_MPE_BLOCK 128
 #define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2
-#define SJP_MPE_CHUNK_MAX_M 613566756ll  // 7 M < 2^32: chunks (larger M: step by step)
 // compile-time switches (each build has branch-free loops)
 #ifndef SJP_MPE_CURRENT
 #define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
@@ -45,6 +44,13 @@
 #endif
 #ifndef SJP_MPE_MSE
 #define SJP_MPE_MSE 1  // forward: 1 sums e_t^2 for the membrane loss
+#endif
+#ifndef SJP_MPE_WIDE
+// backward: 0 when a column's counters span less than 2^32 ((T - 1) M < 2^32, the
+// launcher checks): the keys of the first high word and the one below are computed
+// once per column and a borrow from the low word selects the second; 1: the key is
+// looked up per step (cached, recomputed when the high word changes)
+#define SJP_MPE_WIDE 0
 #endif
 
 struct SjpEst {
@@ -124,9 +130,6 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
   __syncthreads();
   const float v = v_th[0];
   SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};  // steps
-  // the chunks' own cache: the keys of high words chunk_hi and chunk_hi + 1
-  unsigned int chunk_hi = 0u, key_hi = kc.key;
-  unsigned int key_next = sjp_hash_key(seed_lo, seed_hi, 1u);
   const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
 #pragma unroll 1
   for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
@@ -163,32 +166,34 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
       index += M;
       return e2;
     };
-    // Whole chunks (while 7 M < 2^32, so a chunk's counters span at most two high
-    // words): one 64-bit counter per chunk, 32-bit low words per step and the key of
-    // the high word or the next one, both cached per thread.
-    const int t_full = M <= SJP_MPE_CHUNK_MAX_M ? T / SJP_MPE_CHUNK * SJP_MPE_CHUNK : 0;
+    // Whole chunks, when this column's counters span less than 2^32 ((T - 1) M <
+    // 2^32): the keys of the first high word and the next are computed once per
+    // column, and a wrap of the 32-bit low word (below its first value) selects the
+    // second. Otherwise, and for the last T % 8 steps, step by step.
+    const bool narrow = (unsigned long long)(T - 1) * (unsigned long long)M < (1ull << 32);
+    const int t_full = narrow ? T / SJP_MPE_CHUNK * SJP_MPE_CHUNK : 0;
+    const unsigned int hi0 = (unsigned int)(index >> 32), lo0 = (unsigned int)index;
+    unsigned int key_a = 0u, key_b = 0u, lo = lo0;
+    if (t_full > 0) {
+      key_a = sjp_hash_key(seed_lo, seed_hi, hi0);
+      key_b = sjp_hash_key(seed_lo, seed_hi, hi0 + 1u);
+    }
     int tc = 0;
 #pragma unroll 1
     for (; tc < t_full; tc += SJP_MPE_CHUNK) {  // straight-line code
-      const unsigned int hi = (unsigned int)(index >> 32), lo = (unsigned int)index;
-      if (__builtin_expect(hi != chunk_hi, 0)) {
-        chunk_hi = hi;
-        key_hi = sjp_hash_key(seed_lo, seed_hi, hi);
-        key_next = sjp_hash_key(seed_lo, seed_hi, hi + 1u);
-      }
       float e2[SJP_MPE_CHUNK];
 #pragma unroll
       for (int j = 0; j < SJP_MPE_CHUNK; ++j) {
-        const unsigned int lo_j = lo + (unsigned int)j * (unsigned int)M;
-        e2[j] = step(tc + j, lo_j < lo ? key_next : key_hi, lo_j);  // wrapped: hi + 1
+        e2[j] = step(tc + j, lo < lo0 ? key_b : key_a, lo);  // wrapped: hi0 + 1
+        lo += (unsigned int)M;
       }
-      index += (unsigned long long)SJP_MPE_CHUNK * M;
       if (need_mse) {  // block-uniform: every lane takes part in the shuffles
         // the warp's sums (lane 4 i: step tc + i) into its row of the table
         const float sum = sjp_warp_sum8_transposed(e2, lane);
         if ((lane & 3) == 0) err_s[warp * T + tc + (lane >> 2)] += sum;
       }
     }
+    index += (unsigned long long)t_full * M;
 #pragma unroll 1
     for (; tc < T; ++tc) {  // the last T % 8 steps, one at a time
       const float e2 = step_any(tc);
@@ -251,6 +256,13 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     int tq = T - 1;
     const sjp_scalar* xq = x + (sjp_index)tq * M + m;
     unsigned long long iq = (unsigned long long)(t0 + tq) * M + m;
+#if !SJP_MPE_WIDE
+    const unsigned int hi0 = (unsigned int)(iq >> 32), m_lo = (unsigned int)M;
+    const unsigned int key_a = sjp_hash_key(seed_lo, seed_hi, hi0);
+    const unsigned int key_b = sjp_hash_key(seed_lo, seed_hi, hi0 - 1u);
+    unsigned int lo = (unsigned int)iq;
+    bool borrowed = false;  // the counter is in high word hi0 - 1
+#endif
     // x and estimate of step tq, then move to tq - 1 (before step 0: the carried state)
     auto next_est = [&](float& xi) {
       if (tq < 0) {
@@ -258,9 +270,16 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
         return SjpEst{uh_init, 0.0f};
       }
       xi = sjp_load(xq, 0);
+#if SJP_MPE_WIDE
       const SjpEst e = sjp_mpe_estimate(xi, kc.get(iq), (unsigned int)iq);
-      xq -= M;
       iq -= M;
+#else
+      const SjpEst e = sjp_mpe_estimate(xi, borrowed ? key_b : key_a, lo);
+      const unsigned int lo_next = lo - m_lo;
+      borrowed = borrowed || lo_next > lo;
+      lo = lo_next;
+#endif
+      xq -= M;
       --tq;
       return e;
     };

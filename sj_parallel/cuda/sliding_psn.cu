@@ -115,8 +115,10 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
     const float* __restrict__ w, const float* __restrict__ b,
     sjp_scalar* __restrict__ grad_x, float* __restrict__ partial, const sjp_index M,
     const int T, const float sg_a, const float sg_c, const float sg_d) {
-  SJP_DYN_SMEM(red);  // [warps][SJP_K + 1]
+  SJP_DYN_SMEM(red);  // [warps][SJP_K + 1] | k > 8: the rings' flush [SJP_BSEG][block]
   constexpr int S = SJP_BS, SEG = SJP_BSEG;
+  constexpr bool PAD = S == 1;  // whole chunks (see the time loop)
+  sjp_smem_t ring_s = red + (SJP_SLIDE_BLOCK / 32) * (SJP_K + 1);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = lane & (S - 1);
   const int cols_per_block = SJP_SLIDE_BLOCK / S;
@@ -146,54 +148,68 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
     const sjp_scalar* gp = grad_s + mc;
     sjp_scalar* gxp = grad_x + mc;
     const bool loads = seg == 0 && valid, stores = seg == S - 1 && valid;
-    // Time runs in whole chunks of SEG steps (the ring slot of step t is t mod SEG, a
-    // compile-time index). Steps past T load zeros: their GH is exactly 0, so they
-    // only push complete outputs down the pipeline.
+    // Time runs in chunks of SEG steps (the ring slot of step t is t mod SEG, a
+    // compile-time index). With one lane per column (PAD) the last chunk is run
+    // whole: steps past T load zeros, their GH is exactly 0, so they only push
+    // complete outputs down the pipeline. With several lanes (k > 8) steps past T
+    // are skipped (a block-uniform branch, which keeps ptxas from hoisting a whole
+    // chunk's loads: those registers would spill the windows).
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const int t = t0 + u;
-        const bool in_t = t < T;
-        const float xin = loads && in_t ? sjp_load(xp, 0) : 0.0f;
-        const float gin = loads && in_t ? sjp_load(gp, 0) : 0.0f;
-        xp += M;
-        gp += M;
-        // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
-        // last lane's, output t - SEG*S < T, is complete (delays past k have zero
-        // weight)
-        const float out = ga[u];
-        const float from_prev = sjp_from_prev_lane<S>(out);
-        if (stores && t >= SEG * S) sjp_store(gxp, 0, out);
-        if (t >= SEG * S) gxp += M;
-        ga[u] = seg == 0 ? 0.0f : from_prev;
-        const float xpass = sjp_from_prev_lane<S>(xr[u]);
-        xr[u] = seg == 0 ? xin : xpass;
-        float p = 0.0f;
+        if (PAD || t < T) {
+          const bool in_t = !PAD || t < T;
+          const float xin = loads && in_t ? sjp_load(xp, 0) : 0.0f;
+          const float gin = loads && in_t ? sjp_load(gp, 0) : 0.0f;
+          xp += M;
+          gp += M;
+          // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
+          // last lane's, output t - SEG*S < T, is complete (delays past k have zero
+          // weight)
+          const float out = ga[u];
+          const float from_prev = sjp_from_prev_lane<S>(out);
+          if (stores && t >= SEG * S) sjp_store(gxp, 0, out);
+          if (t >= SEG * S) gxp += M;
+          ga[u] = seg == 0 ? 0.0f : from_prev;
+          const float xpass = sjp_from_prev_lane<S>(xr[u]);
+          xr[u] = seg == 0 ? xin : xpass;
+          float p = 0.0f;
 #pragma unroll
-        for (int e = 0; e < SEG; ++e)
-          if (SJP_BUSE(e)) p += wreg[e] * xr[(u - e) & (SEG - 1)];
-        const float h = sjp_group_sum<S>(p) + bias;
-        const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
-        const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
+          for (int e = 0; e < SEG; ++e)
+            if (SJP_BUSE(e)) p += wreg[e] * xr[(u - e) & (SEG - 1)];
+          const float h = sjp_group_sum<S>(p) + bias;
+          const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
+          const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
 #pragma unroll
-        for (int e = 0; e < SEG; ++e) {
-          if (SJP_BUSE(e)) {
-            ga[(u - e) & (SEG - 1)] += wreg[e] * gh;
-            aw[e] += gh * xr[(u - e) & (SEG - 1)];
+          for (int e = 0; e < SEG; ++e) {
+            if (SJP_BUSE(e)) {
+              ga[(u - e) & (SEG - 1)] += wreg[e] * gh;
+              aw[e] += gh * xr[(u - e) & (SEG - 1)];
+            }
           }
+          if (seg == 0) ab += gh;
         }
-        if (seg == 0) ab += gh;
       }
     }
-    // The outputs still in the rings are complete: after t_end = T rounded up to SEG
-    // steps, output t_end - 1 - SEG*seg - e sits in slot SEG - 1 - e (static); those
-    // past T - 1 do not exist.
-    const int t_end = (T + SEG - 1) / SEG * SEG;
+    // The outputs still in the rings are complete: after the last step run, t_last,
+    // output t_last - SEG*seg - e sits in slot (t_last - e) mod SEG; those past T - 1
+    // do not exist. PAD: t_last mod SEG = SEG - 1, a static slot; otherwise the ring
+    // goes through this thread's own column of shared memory (conflict-free), so the
+    // dynamic slot needs no local memory.
+    const int t_last = PAD ? (T + SEG - 1) / SEG * SEG - 1 : T - 1;
+    if (!PAD) {
+#pragma unroll
+      for (int e = 0; e < SEG; ++e) ring_s[e * SJP_SLIDE_BLOCK + threadIdx.x] = ga[e];
+    }
 #pragma unroll
     for (int e = 0; e < SEG; ++e) {
-      const sjp_index j = (sjp_index)t_end - 1 - SEG * seg - e;
-      if (valid && j >= 0 && j < T) sjp_store(grad_x, j * M + m, ga[SEG - 1 - e]);
+      const sjp_index j = (sjp_index)t_last - SEG * seg - e;
+      const float v =
+          PAD ? ga[SEG - 1 - e]
+              : ring_s[((t_last - e) & (SEG - 1)) * SJP_SLIDE_BLOCK + threadIdx.x];
+      if (valid && j >= 0 && j < T) sjp_store(grad_x, j * M + m, v);
     }
   }
   // grad_w, grad_b: sum over the columns of the warp (lanes with the same seg), then
