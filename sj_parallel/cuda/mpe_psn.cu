@@ -130,6 +130,7 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
   __syncthreads();
   const float v = v_th[0];
   SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};  // steps
+  const int t_first = t0 == 0 ? 0 : -1;  // the step with t0 + t = 0, if in this call
   const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
 #pragma unroll 1
   for (sjp_index tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
@@ -147,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     auto step = [&](int t, unsigned int key, unsigned int lo) {
       const float xi = sjp_load(xp, 0);
       const SjpEst e = sjp_mpe_estimate(xi, key, lo);
-      const bool first = t0 + t == 0;
+      const bool first = t == t_first;
       const float h = current_wiring ? (first ? xi : xi + tau * e.uh)
                                      : xi + tau * uh_prev;
       const float o = sjp_heaviside(h - v);
@@ -173,11 +174,9 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     const bool narrow = (unsigned long long)(T - 1) * (unsigned long long)M < (1ull << 32);
     const int t_full = narrow ? T / SJP_MPE_CHUNK * SJP_MPE_CHUNK : 0;
     const unsigned int hi0 = (unsigned int)(index >> 32), lo0 = (unsigned int)index;
-    unsigned int key_a = 0u, key_b = 0u, lo = lo0;
-    if (t_full > 0) {
-      key_a = sjp_hash_key(seed_lo, seed_hi, hi0);
-      key_b = sjp_hash_key(seed_lo, seed_hi, hi0 + 1u);
-    }
+    const unsigned int key_a = sjp_hash_key(seed_lo, seed_hi, hi0);
+    const unsigned int key_b = sjp_hash_key(seed_lo, seed_hi, hi0 + 1u);
+    unsigned int lo = lo0;
     int tc = 0;
 #pragma unroll 1
     for (; tc < t_full; tc += SJP_MPE_CHUNK) {  // straight-line code
