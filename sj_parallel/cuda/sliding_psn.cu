@@ -39,10 +39,6 @@
 #define SJP_FS (SJP_K <= 16 ? 1 : SJP_K <= 32 ? 2 : 4)
 #define SJP_BSEG 8
 #define SJP_BS (SJP_K <= 8 ? 1 : SJP_K <= 16 ? 2 : SJP_K <= 32 ? 4 : 8)
-// whether delay e of a lane's segment can have a nonzero weight (with one lane per
-// column, delays from k on are skipped at compile time)
-#define SJP_FUSE(e) (SJP_FS > 1 || (e) < SJP_K)
-#define SJP_BUSE(e) (SJP_BS > 1 || (e) < SJP_K)
 
 // Sum over the S lanes of a column (all of them get the total).
 template <int S>
@@ -59,6 +55,42 @@ __device__ __forceinline__ float sjp_from_prev_lane(float v) {
   return __shfl_up_sync(SJP_FULL_MASK, v, 1, S);
 }
 
+// Whether delay e of a lane's segment can have a nonzero weight: with one lane per
+// column (S = 1), delays from k on are skipped at compile time.
+template <int S>
+__device__ __forceinline__ bool sjp_delay_used(int e) {
+  return S > 1 || e < SJP_K;
+}
+
+// The weights of the SEG delays lane `seg` of a column handles, SEG * seg + e (zero
+// past k).
+template <int SEG>
+__device__ __forceinline__ void sjp_window_weights(const float* __restrict__ w, int seg,
+                                                   float (&wreg)[SEG]) {
+#pragma unroll
+  for (int e = 0; e < SEG; ++e) {
+    const int d = SEG * seg + e;
+    wreg[e] = d < SJP_K ? w[SJP_K - 1 - d] : 0.0f;
+  }
+}
+
+// One step of the systolic window: ring slot u takes the step's input (lane 0 of a
+// column: xin; the others: what the previous lane held there), then H = sum of the
+// column's w_d X[t - d] over its lanes, plus the bias. u is a compile-time index in
+// the unrolled time loops.
+template <int S, int SEG>
+__device__ __forceinline__ float sjp_window_step(float (&ring)[SEG],
+                                                 const float (&wreg)[SEG], int u,
+                                                 float xin, int seg, float bias) {
+  const float passed = sjp_from_prev_lane<S>(ring[u]);
+  ring[u] = seg == 0 ? xin : passed;
+  float p = 0.0f;
+#pragma unroll
+  for (int e = 0; e < SEG; ++e)
+    if (sjp_delay_used<S>(e)) p += wreg[e] * ring[(u - e) & (SEG - 1)];
+  return sjp_group_sum<S>(p) + bias;
+}
+
 // at least 8 resident blocks (1024 threads, 50% occupancy): at most 64 registers
 extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
     sjp_sliding_forward(const sjp_scalar* __restrict__ x, const float* __restrict__ w,
@@ -69,11 +101,7 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
   const int seg = lane & (S - 1);
   const int cols_per_block = SJP_SLIDE_BLOCK / S;
   float wreg[SEG];  // weight of delay SEG * seg + e
-#pragma unroll
-  for (int e = 0; e < SEG; ++e) {
-    const int d = SEG * seg + e;
-    wreg[e] = d < SJP_K ? w[SJP_K - 1 - d] : 0.0f;
-  }
+  sjp_window_weights<SEG>(w, seg, wreg);
   const float bias = b[0];
   const sjp_index n_tiles = (M + cols_per_block - 1) / cols_per_block;
 #pragma unroll 1
@@ -95,13 +123,7 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
       for (int u = 0; u < SEG; ++u) {
         const bool in_t = t0 + u < T;
         const float xin = io && in_t ? sjp_load(xp, 0) : 0.0f;
-        const float passed = sjp_from_prev_lane<S>(ring[u]);
-        ring[u] = seg == 0 ? xin : passed;
-        float p = 0.0f;
-#pragma unroll
-        for (int e = 0; e < SEG; ++e)
-          if (SJP_FUSE(e)) p += wreg[e] * ring[(u - e) & (SEG - 1)];
-        const float h = sjp_group_sum<S>(p) + bias;
+        const float h = sjp_window_step<S, SEG>(ring, wreg, u, xin, seg, bias);
         if (io && in_t) sjp_store(sp, 0, sjp_heaviside(h));
         xp += M;
         sp += M;
@@ -122,12 +144,8 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = lane & (S - 1);
   const int cols_per_block = SJP_SLIDE_BLOCK / S;
-  float wreg[SEG];
-#pragma unroll
-  for (int e = 0; e < SEG; ++e) {
-    const int d = SEG * seg + e;
-    wreg[e] = d < SJP_K ? w[SJP_K - 1 - d] : 0.0f;
-  }
+  float wreg[SEG];  // weight of delay SEG * seg + e
+  sjp_window_weights<SEG>(w, seg, wreg);
   const float bias = b[0];
   float aw[SEG];  // grad of the weight of delay SEG * seg + e, this lane's columns
 #pragma unroll
@@ -173,18 +191,12 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
           if (stores && t >= SEG * S) sjp_store(gxp, 0, out);
           if (t >= SEG * S) gxp += M;
           ga[u] = seg == 0 ? 0.0f : from_prev;
-          const float xpass = sjp_from_prev_lane<S>(xr[u]);
-          xr[u] = seg == 0 ? xin : xpass;
-          float p = 0.0f;
-#pragma unroll
-          for (int e = 0; e < SEG; ++e)
-            if (SJP_BUSE(e)) p += wreg[e] * xr[(u - e) & (SEG - 1)];
-          const float h = sjp_group_sum<S>(p) + bias;
+          const float h = sjp_window_step<S, SEG>(xr, wreg, u, xin, seg, bias);
           const float gs = S == 1 ? gin : __shfl_sync(SJP_FULL_MASK, gin, 0, S);
           const float gh = gs * sjp_sg(h, sg_a, sg_c, sg_d);
 #pragma unroll
           for (int e = 0; e < SEG; ++e) {
-            if (SJP_BUSE(e)) {
+            if (sjp_delay_used<S>(e)) {
               ga[(u - e) & (SEG - 1)] += wreg[e] * gh;
               aw[e] += gh * xr[(u - e) & (SEG - 1)];
             }
