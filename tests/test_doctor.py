@@ -355,7 +355,7 @@ def test_compile_reports_failures():
 # ------------------------------------------------------------------ command line
 def test_cli_exit_statuses(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["doctor", "--backend", "triton"])
+        main(["doctor", "--backend", "tpu"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
         main(["doctor", "--arch", "sm_80"])
@@ -363,7 +363,7 @@ def test_cli_exit_statuses(capsys):
     assert main([]) == 2
     capsys.readouterr()
     with pytest.raises(ValueError, match="unknown backend"):
-        sjp.doctor(backend="triton")
+        sjp.doctor(backend="tpu")
 
 
 @pytest.mark.skipif(HAS_GPU, reason="on a GPU 'cupy' may run")
