@@ -403,3 +403,28 @@ def test_registry_has_one_entry_per_backend():
                 assert [(p.name, p.kind, p.default) for p in a] == [
                     (p.name, p.kind, p.default) for p in b
                 ], (name, op)
+
+
+# ------------------------------------------------------------------- benchmark
+@needs_triton
+def test_benchmark_includes_triton_on_a_gpu(monkeypatch):
+    """``bench.py --device cuda`` measures backend 'triton' beside 'cupy' and 'torch'
+    where it runs (the cases are only built here: nothing touches a GPU)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_cases", ROOT / "benchmarks" / "bench.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec.loader.exec_module(bench)
+    names = ["psn", "masked-psn", "sliding-psn", "mpe-psn"]
+    out = bench.cases(4, torch.device("cuda"), names, ["auto"])
+    for n in names:
+        m = out[f"{n}/ours-triton"]()
+        assert m.backend == "triton" and m.memory == "lean"
+    assert "psn/ours-triton" not in bench.cases(4, torch.device("cpu"), names, ["auto"])
+    monkeypatch.setattr(backends, "triton_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not bench._runs("triton")
+    assert "psn/ours-triton" not in bench.cases(
+        4, torch.device("cuda"), names, ["auto"]
+    )

@@ -100,3 +100,29 @@ def test_problems_are_found():
     ce = dict(x.split("=") for x in key[1].split(","))
     listed = dict(good, kernel=key[0], constexprs=ce, occupancy_h100=0.75)
     assert "now reaches 50 %" in M.problems([listed])[0]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("cupy_backends") is None,
+    reason="benchmarks/kernel_model.py needs CuPy's NVRTC binding",
+)
+def test_kernel_model_json_includes_the_triton_records(tmp_path, monkeypatch):
+    """``kernel_model.py --json ... --triton`` appends triton_model's records, tagged
+    with their backend (the CuPy model itself is replaced by an empty one here)."""
+    spec = importlib.util.spec_from_file_location(
+        "kernel_model_hook", ROOT / "benchmarks" / "kernel_model.py"
+    )
+    km = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = km
+    spec.loader.exec_module(km)
+    monkeypatch.setattr(km, "model", lambda full, files=None: [])
+    tm = _model()
+    monkeypatch.setitem(sys.modules, "triton_model", tm)
+    monkeypatch.setattr(tm, "model", lambda jobs=1: [{"kernel": "psn_forward_kernel"}])
+    out = tmp_path / "model.json"
+    assert km.main(["--json", str(out), "--triton"]) == 0
+    assert json.loads(out.read_text()) == [
+        {"kernel": "psn_forward_kernel", "backend": "triton"}
+    ]
+    assert km.main(["--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == []
