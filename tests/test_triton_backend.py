@@ -451,3 +451,31 @@ def test_sj_independent_tests_are_skipped_on_request():
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "1 passed, 1 skipped" in proc.stdout
     assert "SJP_SKIP_SJ_INDEPENDENT" in proc.stdout
+
+
+# ----------------------------------------------------------- memory for backward
+@needs_triton
+@pytest.mark.sj_independent
+@pytest.mark.parametrize("make", ["PSN", "MaskedPSN", "SlidingPSN", "MPEPSN"])
+def test_keeps_only_what_the_lean_policy_keeps(make):
+    """Backward keeps X (and the tiny parameters and [M] states), as the torch
+    backend's lean policy and the cupy backend do: no [T, M] float buffer besides X."""
+    T, N, C = 8, 16, 32
+    args = {"PSN": (T,), "MaskedPSN": (2, T), "SlidingPSN": (3,), "MPEPSN": (T,)}[make]
+    saved = {}
+    for backend, memory in (("triton", "lean"), ("torch", "lean")):
+        m = getattr(sjp, make)(*args, step_mode="m", backend=backend, memory=memory)
+        m.to(DEVICE).train()
+        x = torch.randn(T, N, C, device=DEVICE, requires_grad=True)
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x)
+        big = [s for s in sizes if s >= x.numel() * x.element_size()]
+        saved[backend] = (sum(sizes), big)
+    assert saved["triton"][1] == [T * N * C * 4]  # X, once
+    assert saved["triton"][0] <= saved["torch"][0]
