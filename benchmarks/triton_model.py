@@ -51,7 +51,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+if os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes"):
     raise SystemExit(
         "benchmarks/triton_model.py compiles the kernels for GPUs: unset "
         "TRITON_INTERPRET (Triton's interpreter replaces them by Python functions)"

@@ -18,9 +18,17 @@ if "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
 
 #: Set by .ci/run for its second SpikingJelly leg: tests marked ``sj_independent``
-#: (kernels, compilers, interpreters: nothing of SpikingJelly's is involved) ran on
-#: the first leg already.
+#: (kernels, compilers, interpreters: SpikingJelly only lends its surrogate objects,
+#: whose parameters are tested on both legs) ran on the first leg already.
 SKIP_SJ_INDEPENDENT = os.environ.get("SJP_SKIP_SJ_INDEPENDENT", "") not in ("", "0")
+#: Whole test files of that kind (the CUDA kernels' compile, emulation and model
+#: checks), counted as marked.
+SJ_INDEPENDENT_FILES = {
+    "test_cuda_emulation.py",
+    "test_cuda_emulation_ops.py",
+    "test_cuda_nvrtc.py",
+    "test_kernel_model.py",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,5 +39,5 @@ def pytest_collection_modifyitems(config, items):
         "(run on the other CI leg)"
     )
     for item in items:
-        if "sj_independent" in item.keywords:
+        if "sj_independent" in item.keywords or item.path.name in SJ_INDEPENDENT_FILES:
             item.add_marker(skip)

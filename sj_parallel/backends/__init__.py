@@ -234,7 +234,8 @@ def triton_interpreting() -> bool:
     common = sys.modules.get("sj_parallel.triton.common")
     if common is not None:
         return bool(common.INTERPRETED)
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    value = os.environ.get("TRITON_INTERPRET", "").lower()
+    return value in ("1", "true", "on", "yes")  # as Triton reads it
 
 
 def explain_triton_error(err: BaseException) -> Tuple[str, str]:

@@ -32,6 +32,9 @@ import os
 import triton
 import triton.language as tl
 
+#: The values of TRITON_INTERPRET that Triton reads as on.
+TRUTHY = ("1", "true", "on", "yes")
+
 __all__ = [
     "INTERPRETED",
     "surrogate_grad",
@@ -43,7 +46,11 @@ __all__ = [
 
 #: Whether Triton's interpreter runs the kernels (``TRITON_INTERPRET=1`` when this
 #: module was imported: Triton reads it when ``@triton.jit`` decorates).
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_knobs = getattr(triton, "knobs", None)
+if _knobs is not None:
+    INTERPRETED = bool(_knobs.runtime.interpret)
+else:  # pragma: no cover - Triton < 3.4
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "").lower() in TRUTHY
 
 
 @triton.jit
