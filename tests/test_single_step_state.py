@@ -256,6 +256,29 @@ def test_other_input_shape_without_reset_names_the_sizes():
         mm(torch.randn(4, 5))
 
 
+@pytest.mark.parametrize("which", ["sliding", "masked"])
+def test_unflattened_queue_entries_are_flattened(which):
+    """Entries of the earlier ``[N, *]`` layout (a module pickled mid-sequence by
+    an older sj_parallel) are read as their flattened values."""
+    torch.manual_seed(5)
+    make = (
+        (lambda: sjp.SlidingPSN(3))
+        if which == "sliding"
+        else (lambda: sjp.MaskedPSN(3, 4, lambda_init=1.0))
+    )
+    a, b = make(), make()
+    b.load_state_dict(a.state_dict())
+    xs = torch.randn(3, 2, 3)
+    a(xs[0])
+    a(xs[1])
+    b(xs[0])
+    b(xs[1])
+    b.queue = [q.view(2, 3) for q in b.queue]
+    torch.testing.assert_close(b(xs[2]), a(xs[2]), rtol=0, atol=0)
+    assert all(q.dim() == 1 for q in b.queue)
+    _assert_queues_equal(b.queue, a.queue)
+
+
 def test_queue_of_non_tensors_is_refused():
     m = sjp.SlidingPSN(2)
     with pytest.raises(TypeError, match="must hold tensors"):
