@@ -301,8 +301,10 @@ class MaskedPSN(ParallelNeuron):
     ones. While :math:`\lambda < 1` the neuron sees future inputs (not causal); the
     paper ramps :math:`\lambda` to 1 over the first eighth of training
     (:func:`sj_parallel.masked_psn_lambda`). Single-step mode needs
-    :math:`\lambda \ge 1` and runs at most ``T`` steps (state: the time step and the
-    last ``k`` inputs); it equals multi-step output.
+    :math:`\lambda \ge 1` and runs at most ``T`` steps (states ``time_step`` and
+    ``queue``, the last ``k`` inputs oldest first, each flattened, as SpikingJelly's
+    ``MaskedPSN`` and ``functional.masked_psn_step`` keep them); it equals multi-step
+    output.
 
     State-dict keys: ``weight``, ``bias``, ``_lambda_``, ``mask0`` (:math:`M_k`),
     ``mask1`` (``J``), as SpikingJelly's ``MaskedPSN``.
@@ -441,7 +443,10 @@ class SlidingPSN(ParallelNeuron):
     with zero history before ``t = 0``. ``exp_init=True`` initialises
     :math:`w = (2^{-(k-1)}, \dots, 1/4, 1/2, 1)` (1 on the current step); otherwise
     kaiming-uniform on a ``[1, k]`` tensor. ``bias`` is a scalar initialised to -1.
-    Single-step mode keeps the last ``k`` inputs and equals multi-step output.
+    Single-step mode keeps the last ``k`` inputs and equals multi-step output; its
+    state ``queue`` holds them oldest first, each flattened (``x.flatten()``), exactly
+    as SpikingJelly's ``SlidingPSN`` and ``functional.sliding_psn_step`` keep it, so
+    the state moves both ways between them.
     State-dict keys ``weight`` (``[k]``) and ``bias`` (0-dim) as SpikingJelly.
 
     :param k: window length (order)
