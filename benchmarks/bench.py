@@ -1,12 +1,14 @@
 """Speed and memory of sj_parallel's neurons against SpikingJelly, in one run.
 
-For each neuron, backend, dtype, T and neuron count it measures the median time of
+For each neuron, backend (torch; on a GPU also cupy and triton where they run), dtype, T
+and neuron count it measures the median time of
 forward (training mode), forward+backward and inference (no grad) after warm-up
 (CUDA events on a GPU), the bytes saved for backward (``saved_tensors_hooks``) and, on
 a GPU, the allocator's peak memory and the achieved bandwidth as a fraction of a
 measured device-to-device copy. Baselines in the same run: SpikingJelly 2.0's PSN,
 MaskedPSN and SlidingPSN (torch), SpikingJelly's LIFNode (torch; its CuPy backend on
-0.0.0.0.14), and the paper code's MPE-PSN (``mpe_baseline.py``).
+0.0.0.0.14, its Triton backend on SpikingJelly master), and the paper code's MPE-PSN
+(``mpe_baseline.py``).
 
     python benchmarks/bench.py --quick            # < 2 minutes on a 2-core CPU
     python benchmarks/bench.py --device cuda      # the full grid on a GPU
@@ -37,7 +39,7 @@ from mpe_baseline import AuthorsMPEPSN  # noqa: E402
 
 import sj_parallel as sjp  # noqa: E402
 from sj_parallel import _compat  # noqa: E402
-from sj_parallel.backends import cupy_available  # noqa: E402
+from sj_parallel.backends import check_backend_available, cupy_available  # noqa: E402
 
 K = 2  # order of masked/sliding PSN in the benchmark (the PSN paper's CIFAR10-DVS k)
 
@@ -118,24 +120,40 @@ def cases(
                     out["lif/sj-cupy"] = lambda: neuron.LIFNode(
                         step_mode="m", backend="cupy"
                     )
+                if "triton" in neuron.LIFNode().supported_backends:  # SJ master
+                    out["lif/sj-triton"] = lambda: neuron.LIFNode(
+                        step_mode="m", backend="triton"
+                    )
             continue
         for mem in memories:
             suffix = "" if mem == "auto" else f"-{mem}"
             out[f"{n}/ours-torch{suffix}"] = functools.partial(ours[n], mem)
         if on_gpu and cupy_available():
             out[f"{n}/ours-cupy"] = _ours_cupy(functools.partial(ours[n], "lean"))
+        if on_gpu and _runs("triton"):
+            out[f"{n}/ours-triton"] = _ours_cupy(
+                functools.partial(ours[n], "lean"), "triton"
+            )
         base = "paper" if n == "mpe-psn" else "sj"
         out[f"{n}/{base}-torch"] = sj[n]
     return out
 
 
-def _ours_cupy(factory):
+def _ours_cupy(factory, backend: str = "cupy"):
     def make():
         m = factory()
-        sjp.set_backend(m, "cupy")
+        sjp.set_backend(m, backend)
         return m
 
     return make
+
+
+def _runs(backend: str) -> bool:
+    try:
+        check_backend_available(backend)
+    except (ImportError, RuntimeError):
+        return False
+    return True
 
 
 # ------------------------------------------------------------------- timing
@@ -496,7 +514,7 @@ def plot(rows, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for nrn in ("psn", "masked-psn", "sliding-psn", "mpe-psn"):
         base_impl = "paper-torch" if nrn == "mpe-psn" else "sj-torch"
-        for impl in ("ours-torch", "ours-cupy"):
+        for impl in ("ours-torch", "ours-cupy", "ours-triton"):
             for dt in dts:
                 pts = [
                     (

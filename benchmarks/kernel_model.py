@@ -33,6 +33,7 @@ estimates assume enough resident warps, which the occupancy check guards.
     python benchmarks/kernel_model.py                 # representative variants
     python benchmarks/kernel_model.py --all           # every T and k (slow)
     python benchmarks/kernel_model.py --json out.json --markdown out.md
+    python benchmarks/kernel_model.py --json out.json --triton  # + the Triton kernels
 """
 
 from __future__ import annotations
@@ -615,6 +616,11 @@ def main(argv=None) -> int:
         "--resources",
         help="also write the ptxas resources of every representative variant (JSON)",
     )
+    p.add_argument(
+        "--triton",
+        action="store_true",
+        help="add the Triton kernels' records to --json (benchmarks/triton_model.py)",
+    )
     a = p.parse_args(argv)
     if a.resources:
         Path(a.resources).write_text(json.dumps(resources(), indent=1))
@@ -628,6 +634,10 @@ def main(argv=None) -> int:
             d = asdict(r)
             d["pass"] = d.pop("pass_")
             rows.append(d)
+        if a.triton:  # the triton backend's kernels (records of triton_model.py)
+            import triton_model
+
+            rows += [dict(r, backend="triton") for r in triton_model.model(jobs=2)]
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     if a.markdown:
         Path(a.markdown).write_text(text + "\n")

@@ -2,7 +2,7 @@
 
 PSN, masked PSN and sliding PSN (Fang et al., NeurIPS 2023) and MPE-PSN (Chen et al.,
 2024) as SpikingJelly ``MemoryModule`` subclasses, with a memory-lean torch backend
-and fused CuPy kernels.
+and fused GPU kernels (backends ``"cupy"`` and ``"triton"``).
 
 ``python -m sj_parallel doctor`` (or :func:`sj_parallel.doctor`) reports what can run
 here and why not.

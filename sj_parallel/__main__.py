@@ -1,4 +1,4 @@
-"""Command line: ``python -m sj_parallel doctor [--backend {torch,cupy}] [--json]``.
+"""Command line: ``python -m sj_parallel doctor [--backend NAME] [--json]``.
 
 Exit status: 0 after a report, 1 when ``--backend`` names a backend that cannot run
 here, 2 for bad arguments.
@@ -21,16 +21,20 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "doctor",
         help="report versions, GPUs, which backends can run (and why not), compile "
-        "the CUDA kernels, and on a GPU check backend 'cupy' against 'torch'",
+        "the CUDA and Triton kernels, and on a GPU check backends 'cupy' and 'triton' "
+        "against 'torch'",
         description="Report versions, GPUs and which backends can run here, with "
         "the reason and a fix for every problem; compile every CUDA kernel with "
-        "NVRTC (for the GPU present, or sm_80), and on a GPU run each op with "
-        "backend 'cupy' against backend 'torch'. Exit status: 0, or 1 when "
+        "NVRTC and one Triton kernel per family (for the GPU present, or sm_80), and "
+        "on a GPU run each op with backends 'cupy' and 'triton' against backend "
+        "'torch'. Exit status: 0, or 1 when "
         "--backend names a backend that cannot run.",
     )
+    from .backends import BACKENDS
+
     d.add_argument(
         "--backend",
-        choices=("torch", "cupy"),
+        choices=BACKENDS,
         help="the backend you intend to use: exit status 1 when it cannot run",
     )
     d.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -41,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "the GPUs present, or 80)",
     )
     d.add_argument(
-        "--no-compile", action="store_true", help="skip the NVRTC compile step"
+        "--no-compile",
+        action="store_true",
+        help="skip the NVRTC and Triton compile steps",
     )
     d.add_argument(
         "--no-run", action="store_true", help="skip running the ops on the GPU"

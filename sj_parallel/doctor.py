@@ -13,6 +13,10 @@ collects, in one report:
   ``minimal=True``) for the GPU present, or for ``sm_80`` without one;
 * on a GPU, one run of each op with backend ``'cupy'`` against backend ``'torch'``
   (:func:`compare_backends`), with the largest differences;
+* backend ``'triton'``: the Triton version, whether it imports and torch sees a GPU
+  (or Triton's interpreter is on), a ``triton.compile`` of one kernel per family and
+  pass for the GPU present (or ``sm_80`` without one, :func:`compile_triton_kernels`),
+  and on a GPU the same comparison with backend ``'torch'``;
 * a fix for every problem found.
 
 :func:`doctor` returns the report as a dict (JSON-serialisable);
@@ -21,6 +25,7 @@ collects, in one report:
 
     python -m sj_parallel doctor                  # the report; exit status 0
     python -m sj_parallel doctor --backend cupy   # exit status 1 if 'cupy' cannot run
+    python -m sj_parallel doctor --backend triton # ... if 'triton' cannot run
     python -m sj_parallel doctor --json           # the dict as JSON
 """
 
@@ -36,7 +41,13 @@ import torch
 from . import _compat
 from . import backends as B
 
-__all__ = ["doctor", "format_report", "compile_kernels", "compare_backends"]
+__all__ = [
+    "doctor",
+    "format_report",
+    "compile_kernels",
+    "compile_triton_kernels",
+    "compare_backends",
+]
 
 #: arch compiled for when no GPU is visible
 DEFAULT_ARCH = "80"
@@ -117,7 +128,12 @@ def _versions(nvrtc: Any, nvrtc_error: Optional[BaseException]) -> Dict[str, Any
         "nvrtc": None,
         "nvrtc_error": None,
         "cuda_headers": [],
+        "triton": None,
     }
+    if B.triton_import_error() is None:
+        import triton
+
+        v["triton"] = triton.__version__
     try:
         v["cupy_packages"] = [
             f"{name}=={_dist_version(name)}" for name in B.cupy_distributions()
@@ -470,6 +486,160 @@ def _cupy_prerequisites(
     return None, None, False
 
 
+# -------------------------------------------------------------------------- triton
+def compile_triton_kernels(arch: str = DEFAULT_ARCH) -> Dict[str, Any]:
+    """Compile one float32 variant of each Triton kernel (every family, forward and
+    backward) with ``triton.compile`` for ``sm_<arch>``, without a GPU.
+
+    The constants, argument types and warps are the launcher's
+    (:func:`sj_parallel.triton.launch_params`, :func:`~sj_parallel.triton.signature`);
+    ``benchmarks/triton_model.py`` compiles every variant.
+
+    :param arch: target compute capability without the dot, e.g. ``"80"``
+    :return: ``{"arch", "triton", "ok", "seconds", "kernels", "error", "fix"}``; each
+        kernel ``{"kernel", "ok", "seconds", "log"}``
+    :rtype: Dict[str, Any]
+    """
+    out: Dict[str, Any] = {
+        "arch": str(arch),
+        "triton": None,
+        "ok": False,
+        "seconds": 0.0,
+        "kernels": [],
+        "error": None,
+        "fix": None,
+    }
+    start = time.perf_counter()
+    err = B.triton_import_error()
+    if err is not None:
+        out["error"], out["fix"] = B.explain_triton_error(err)
+        return out
+    if B.triton_interpreting():
+        out["error"] = (
+            "TRITON_INTERPRET=1: the kernels run in Triton's interpreter and are not "
+            "compiled"
+        )
+        out["fix"] = "unset TRITON_INTERPRET to compile them"
+        return out
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import triton as K
+
+    out["triton"] = triton.__version__
+    seen = set()
+    for v in K.kernel_variants():
+        if v.dtype != torch.float32 or (v.family, v.backward) in seen:
+            continue
+        seen.add((v.family, v.backward))
+        row: Dict[str, Any] = {"kernel": v.name, "ok": False, "seconds": 0.0,
+                               "log": ""}  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            src = ASTSource(
+                fn=v.kernel, signature=K.signature(v), constexprs=dict(v.constexprs)
+            )
+            opts = {"num_warps": v.num_warps, "num_stages": 1}
+            triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options=opts)
+            row["ok"] = True
+        except Exception as e:
+            row["log"] = _err(e)[-2000:]
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        out["kernels"].append(row)
+    out["ok"] = bool(out["kernels"]) and all(r["ok"] for r in out["kernels"])
+    if not out["ok"]:
+        bad = [r for r in out["kernels"] if not r["ok"]]
+        out["error"] = (
+            f"{len(bad)} kernels failed to compile, e.g. {bad[0]['kernel']}: "
+        )
+        out["error"] += bad[0]["log"][:500]
+        out["fix"] = (
+            "install the Triton version your torch was built with (`pip install "
+            "--force-reinstall torch`); if it persists, report it with `python -m "
+            "sj_parallel doctor --json`"
+        )
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def _triton_prerequisites() -> Tuple[Optional[str], Optional[str], bool]:
+    """``(reason, fix, malfunction)`` of what stops backend 'triton', or ``(None,
+    None, False)``."""
+    err = B.triton_import_error()
+    if err is not None:
+        reason, fix = B.explain_triton_error(err)
+        return reason, fix, not isinstance(err, ModuleNotFoundError)
+    problem = B.triton_gpu_problem()
+    if problem is not None:
+        return f"no GPU: {problem[0]}", problem[1], False
+    return None, None, False
+
+
+def _triton_section(
+    gpus: List[Dict[str, Any]],
+    arch: Optional[str],
+    compile_kernels_: bool,
+    run_ops: bool,
+    problem: Callable[..., None],
+    guarded: Callable[..., Any],
+) -> Dict[str, Any]:
+    """Backend 'triton': whether it can run here, the compile check and, on a GPU, the
+    ops against backend 'torch'."""
+    reason, fix, broken = guarded(
+        "triton", _triton_prerequisites,
+        ("the triton check failed", "see the problems below", True),
+    )  # fmt: skip
+    if reason is not None:
+        problem(f"backend 'triton' cannot run: {reason}", fix, "triton", broken)
+    section: Dict[str, Any] = {
+        "ok": reason is None,
+        "reason": reason,
+        "fix": fix,
+        "interpreter": B.triton_interpreting(),
+        "devices": ["cpu (Triton's interpreter)"] if B.triton_interpreting() else [],
+        "compile": None,
+        "ops": {"ran": False, "reason": "not requested", "results": []},
+    }
+    if gpus:
+        section["devices"] = ["cuda"] + section["devices"]
+    if compile_kernels_ and B.triton_import_error() is None:
+        if arch is not None:
+            target = str(arch)
+        else:
+            target = max((g["arch"] for g in gpus), default=DEFAULT_ARCH)
+        comp = guarded("triton compile", lambda: compile_triton_kernels(target), None)
+        section["compile"] = comp
+        if comp is not None and not comp["ok"] and not B.triton_interpreting():
+            what = f"the Triton kernels could not be compiled: {comp['error']}"
+            problem(what, comp["fix"], "triton", malfunction=True)
+            if reason is None:
+                reason, fix = what, comp["fix"]
+    if run_ops and reason is None and gpus:
+        rows = guarded("triton GPU op", lambda: compare_backends("cuda", "triton"), [])
+        section["ops"] = {"ran": bool(rows), "reason": None, "results": rows}
+        bad = [r for r in rows if not r.get("ok")]
+        if not rows or bad:
+            r = bad[0] if bad else {"op": "?", "error": "the check failed"}
+            detail = r.get("error") or (
+                f"spike mismatch {r['spike_mismatch']:.2e}, input-gradient "
+                f"difference {r['max_abs_diff_grad_input']:.2e}"
+            )
+            reason = f"{len(bad)} of {len(rows)} ops differ from backend 'torch', e.g. "
+            reason += f"{r['op']}: {detail}"
+            fix = (
+                "report it with the output of `python -m sj_parallel doctor --json`; "
+                "use backend='torch' meanwhile"
+            )
+            problem(reason, fix, "triton", malfunction=True)
+    elif run_ops:
+        section["ops"]["reason"] = (
+            "backend 'triton' cannot run (see Backends)" if reason else "no GPU"
+        )
+    section["ok"], section["reason"], section["fix"] = reason is None, reason, fix
+    return section
+
+
 def doctor(
     backend: Optional[str] = None,
     nvrtc_compile: bool = True,
@@ -478,12 +648,13 @@ def doctor(
 ) -> Dict[str, Any]:
     """Check what can run here; the report of ``python -m sj_parallel doctor``.
 
-    :param backend: the backend the user intends to use (``'torch'`` or ``'cupy'``);
+    :param backend: the backend the user intends to use (``'torch'``, ``'cupy'`` or
+        ``'triton'``);
         problems that stop it are marked ``"error"``, others ``"warning"`` (a broken
         set-up is always an ``"error"``)
     :type backend: Optional[str]
     :param nvrtc_compile: compile every kernel with NVRTC (about 10 s on 2 CPU
-        cores)
+        cores), and one Triton kernel per family and pass (a few seconds)
     :type nvrtc_compile: bool
     :param run_ops: on a GPU, run each op with backend 'cupy' against 'torch'
     :type run_ops: bool
@@ -645,6 +816,10 @@ def doctor(
         "reason": reason,
         "fix": fix,
     }
+    # triton: imports, a GPU (or the interpreter), a compile, the ops on a GPU
+    report["backends"]["triton"] = _triton_section(
+        gpus, arch, nvrtc_compile, run_ops, problem, guarded
+    )
     # errors first
     report["problems"] = sorted(problems, key=lambda p: p["severity"] != "error")
     report["seconds"] = round(time.perf_counter() - start, 2)
@@ -681,6 +856,7 @@ def format_report(report: Dict[str, Any]) -> str:
     for i, h in enumerate(headers):
         row("cuda headers" if i == 0 else "", f"{h['path']} (CUDA {h['cuda']})")
     row("numpy", v.get("numpy"))
+    row("triton", v.get("triton") or "does not import (see below)")
     lines += ["", "GPUs"]
     if report.get("gpus"):
         for g in report["gpus"]:
@@ -730,6 +906,30 @@ def format_report(report: Dict[str, Any]) -> str:
                 f"{r['spike_mismatch']:.2e}), input grad "
                 f"{r['max_abs_diff_grad_input']:.3g} (scale {r['grad_scale']:.3g})"
             )
+    tri = report.get("backends", {}).get("triton") or {}
+    comp = tri.get("compile")
+    if comp:
+        n_ok = sum(r["ok"] for r in comp["kernels"])
+        lines += [
+            "",
+            f"Triton compile (Triton {comp['triton'] or '?'}, sm_{comp['arch']}): "
+            f"{n_ok}/{len(comp['kernels'])} kernels OK in {comp['seconds']} s",
+        ]
+        if comp["error"]:
+            lines.append(f"  not compiled: {comp['error']}")
+        for r in comp["kernels"]:
+            lines.append(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['kernel']}")
+    if tri.get("ops", {}).get("ran"):
+        lines += ["", "Ops on the GPU, backend 'triton' against backend 'torch'"]
+        for r in tri["ops"]["results"]:
+            if "error" in r:
+                lines.append(f"  FAIL {r['op']}: {r['error']}")
+            else:
+                lines.append(
+                    f"  {'ok  ' if r['ok'] else 'FAIL'} {r['op']:<38} spike mismatch "
+                    f"{r['spike_mismatch']:.2e}, input grad "
+                    f"{r['max_abs_diff_grad_input']:.3g} (scale {r['grad_scale']:.3g})"
+                )
     problems = report.get("problems", [])
     lines += ["", f"Problems ({len(problems)})" if problems else "No problems found."]
     for i, p in enumerate(problems, 1):

@@ -122,12 +122,13 @@ class ParallelNeuron(MemoryModule):
     # -- backend -------------------------------------------------------------------
     @property
     def supported_backends(self) -> Tuple[str, ...]:
-        """``('torch', 'cupy')``: 'cupy' runs fused CUDA kernels in multi-step mode."""
+        """``('torch', 'cupy', 'triton')``: 'cupy' and 'triton' run fused GPU kernels
+        in multi-step mode (see the backends page of the docs)."""
         return BACKENDS
 
     @property
     def backend(self) -> str:
-        """The backend used in multi-step mode ('torch' or 'cupy')."""
+        """The backend used in multi-step mode ('torch', 'cupy' or 'triton')."""
         return self._backend
 
     @backend.setter
@@ -149,7 +150,8 @@ class ParallelNeuron(MemoryModule):
         (MPE-PSN), so backward does less work; ``"auto"`` (default): ``"fast"`` for
         layers with fewer than 65,536 neurons per time step and for MPE-PSN,
         ``"lean"`` otherwise. Values and gradients are identical under every
-        policy. The cupy backend always recomputes (it moves the fewest bytes).
+        policy. The cupy and triton backends always recompute (they move the fewest
+        bytes).
         """
         return self._memory
 
@@ -230,7 +232,7 @@ class PSN(ParallelNeuron):
     :param step_mode: must be ``'m'`` when called ('s' is accepted only so that
         ``functional.set_step_mode`` works; calling in 's' raises)
     :type step_mode: str
-    :param backend: ``'torch'`` or ``'cupy'``
+    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
     :type backend: str
     :param memory: the torch backend's memory policy, ``'lean'``, ``'fast'`` or
         ``'auto'`` (see :attr:`ParallelNeuron.memory`)
@@ -317,7 +319,7 @@ class MaskedPSN(ParallelNeuron):
     :type lambda_init: float
     :param surrogate_function: SpikingJelly surrogate for the step's gradient
     :param step_mode: ``'s'`` or ``'m'``
-    :param backend: ``'torch'`` or ``'cupy'``
+    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
     :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
         :attr:`ParallelNeuron.memory`)
 
@@ -455,7 +457,7 @@ class SlidingPSN(ParallelNeuron):
     :type exp_init: bool
     :param surrogate_function: SpikingJelly surrogate for the step's gradient
     :param step_mode: ``'s'`` or ``'m'``
-    :param backend: ``'torch'`` or ``'cupy'``
+    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
     :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
         :attr:`ParallelNeuron.memory`)
     """
@@ -592,7 +594,7 @@ class MPEPSN(ParallelNeuron):
     :param estimate_from: ``'previous'`` (paper) or ``'current'`` (authors' code)
     :type estimate_from: str
     :param step_mode: ``'s'`` or ``'m'``
-    :param backend: ``'torch'`` or ``'cupy'``
+    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
     :param memory: ``'lean'``, ``'fast'`` or ``'auto'`` (see
         :attr:`ParallelNeuron.memory`)
     :param sample_in_eval: keep Bernoulli sampling in eval mode

@@ -21,10 +21,13 @@ def set_backend(net: nn.Module, backend: str) -> List[str]:
     own). SpikingJelly's own modules are left alone.
 
     :param net: any ``nn.Module``
-    :param backend: ``'torch'`` or ``'cupy'``
+    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
     :return: the names of the modules that were set
     :raises ValueError: unknown backend name
-    :raises ImportError: ``'cupy'`` without CuPy installed
+    :raises ImportError: ``'cupy'`` without CuPy installed, ``'triton'`` without a
+        Triton that imports
+    :raises RuntimeError: ``'triton'`` where torch sees no GPU (and Triton's
+        interpreter is off)
     """
     check_backend_name(backend)
     check_backend_available(backend)

@@ -74,8 +74,10 @@ def test_lambda_range(lam):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match=r"unknown backend 'triton'.*'torch', 'cupy'"):
-        sjp.PSN(4, backend="triton")
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'tpu'.*'torch', 'cupy', 'triton'"
+    ):
+        sjp.PSN(4, backend="tpu")
     with pytest.raises(ValueError, match="unknown backend"):
         sjp.set_backend(torch.nn.Sequential(sjp.PSN(4)), "jax")
 

@@ -3,24 +3,30 @@
 A backend is a module with the functions ``psn``, ``sliding_psn`` and ``mpe_psn`` of
 :mod:`sj_parallel.backends.torch_backend`'s signatures, on flattened ``[T, M]``
 inputs. ``"torch"`` runs everywhere; ``"cupy"`` runs fused CUDA kernels on CUDA
-tensors (multi-step mode) and needs CuPy.
+tensors (multi-step mode) and needs CuPy; ``"triton"`` runs fused Triton kernels on
+CUDA/ROCm tensors (multi-step mode) and needs Triton (shipped with torch's GPU wheels).
+:data:`REGISTRY` holds, per backend, its module, its availability check, the tensors
+it takes and how to install it; :func:`get_backend` and
+:func:`check_backend_available` dispatch through it.
 
-Nothing falls back from one backend to another: when ``"cupy"`` cannot be used, the
-error names the real reason (the exception ``import cupy`` raised is chained as
-``__cause__``) and a fix. ``python -m sj_parallel doctor`` prints a full report.
+Nothing falls back from one backend to another: when a backend cannot be used, the
+error names the real reason (the original exception chained as ``__cause__``) and a
+fix. ``python -m sj_parallel doctor`` prints a full report.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
+import sys
 from types import ModuleType
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-BACKENDS = ("torch", "cupy")
+BACKENDS = ("torch", "cupy", "triton")
 
 _CUPY_HINT = (
     "install CuPy for your CUDA version, e.g. `pip install cupy-cuda12x` (CUDA 12) "
@@ -187,36 +193,181 @@ def cupy_unavailable_message(err: Optional[BaseException]) -> str:
     return f"backend 'cupy' cannot be used: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
 
 
-def check_backend_available(name: str) -> None:
-    """Raise a clear error when ``name`` cannot run in this environment.
-
-    :param name: ``'torch'`` or ``'cupy'``
-    :raises ValueError: unknown backend name
-    :raises ImportError: ``'cupy'`` when CuPy does not import; the message names the
-        real reason and a fix, and the original exception is chained
-        (``__cause__``)
-    """
-    check_backend_name(name)
-    if name == "cupy" and not cupy_available():
+def _check_cupy() -> None:
+    if not cupy_available():
         err = cupy_import_error()
         raise ImportError(cupy_unavailable_message(err)) from err
 
 
-def get_backend(name: str, x: torch.Tensor | None = None) -> ModuleType:
-    """Return the backend module for ``name``, checking ``x``'s device for 'cupy'."""
-    check_backend_available(name)
-    if name == "torch":
-        from . import torch_backend
-
-        return torch_backend
-    if x is not None and not x.is_cuda:
+def _check_cupy_tensor(x: torch.Tensor) -> None:
+    if not x.is_cuda:
         raise ValueError(
             f"backend 'cupy' needs CUDA tensors, but the input is on {x.device}; "
             "move the model and data to a GPU (`.cuda()`) or use backend='torch'"
         )
+
+
+# ----------------------------------------------------------------------- triton
+_TRITON_HINT = (
+    "Triton ships with torch's CUDA and ROCm wheels: install one from "
+    "https://pytorch.org/get-started (e.g. `pip install torch --index-url "
+    "https://download.pytorch.org/whl/cu128`), or `pip install triton` next to a GPU "
+    "build of torch"
+)
+
+
+@functools.cache
+def triton_import_error() -> Optional[BaseException]:
+    """The exception ``import triton`` raised, or ``None`` when Triton imports
+    (cached; ``triton_import_error.cache_clear()`` forgets it)."""
     try:
-        return importlib.import_module("sj_parallel.backends.cupy_backend")
+        importlib.import_module("triton")
+    except Exception as e:
+        return e
+    return None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton's interpreter runs the kernels (``TRITON_INTERPRET=1``): read
+    from the kernels once they are imported (Triton reads the variable when a kernel
+    is decorated), else from the environment."""
+    common = sys.modules.get("sj_parallel.triton.common")
+    if common is not None:
+        return bool(common.INTERPRETED)
+    value = os.environ.get("TRITON_INTERPRET", "").lower()
+    return value in ("1", "true", "on", "yes")  # as Triton reads it
+
+
+def explain_triton_error(err: BaseException) -> Tuple[str, str]:
+    """``(reason, fix)`` for an exception raised by ``import triton``."""
+    if isinstance(err, ModuleNotFoundError) and err.name == "triton":
+        if torch.version.cuda is None and torch.version.hip is None:
+            reason = (
+                f"Triton is not installed (this torch, {torch.__version__}, is a "
+                "CPU-only build, which comes without it)"
+            )
+        else:
+            reason = "Triton is not installed"
+        return reason, _TRITON_HINT
+    return (
+        f"Triton is installed but failed to import: {type(err).__name__}: {err}",
+        "reinstall the Triton version your torch was built with (`pip install "
+        '--force-reinstall torch` brings it back); `python -c "import triton"` '
+        "shows the full traceback",
+    )
+
+
+def triton_gpu_problem() -> Optional[Tuple[str, str, Optional[BaseException]]]:
+    """``(reason, fix, cause)`` when torch sees no CUDA/ROCm GPU for Triton (and the
+    interpreter is off), else ``None``."""
+    if triton_interpreting() or torch.cuda.is_available():
+        return None
+    fix = (
+        "the triton backend needs an NVIDIA GPU (compute capability 8.0 or newer for "
+        "the tensor-core kernels) or an AMD GPU, and a CUDA or ROCm build of torch; "
+        "on this machine use backend='torch' (the default). For tests only, "
+        "TRITON_INTERPRET=1 set before sj_parallel is imported runs the kernels on CPU "
+        "tensors through Triton's interpreter (slow)"
+    )
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build", fix, None
+    try:
+        torch.cuda.init()  # raises with the reason
+    except Exception as e:
+        return f"torch sees no GPU: {e}", fix, e
+    return "torch sees no GPU (torch.cuda.is_available() is False)", fix, None
+
+
+def _check_triton() -> None:
+    err = triton_import_error()
+    if err is not None:
+        reason, fix = explain_triton_error(err)
+        raise ImportError(
+            f"backend 'triton' cannot be used: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
+        ) from err
+    problem = triton_gpu_problem()
+    if problem is not None:
+        reason, fix, cause = problem
+        raise RuntimeError(
+            f"backend 'triton' cannot run here: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
+        ) from cause
+
+
+def _check_triton_tensor(x: torch.Tensor) -> None:
+    if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+        raise ValueError(
+            f"backend 'triton' needs CUDA (or ROCm) tensors, but the input is on "
+            f"{x.device}; move the model and data to a GPU (`.cuda()`) or use "
+            "backend='torch'"
+        )
+
+
+# --------------------------------------------------------------------- registry
+class BackendSpec(NamedTuple):
+    """One backend: the module with its ops, a check that raises (with the reason,
+    a fix and the original exception chained) when it cannot run here, a check of
+    the input tensor, and how to install what it needs."""
+
+    name: str
+    module: str
+    check: Callable[[], None]
+    check_tensor: Optional[Callable[[torch.Tensor], None]]
+    install_hint: Callable[[], str]
+
+
+REGISTRY: Dict[str, BackendSpec] = {
+    "torch": BackendSpec(
+        "torch", "sj_parallel.backends.torch_backend", lambda: None, None,
+        lambda: "nothing to install",
+    ),
+    "cupy": BackendSpec(
+        "cupy", "sj_parallel.backends.cupy_backend", _check_cupy, _check_cupy_tensor,
+        cupy_install_hint,
+    ),
+    "triton": BackendSpec(
+        "triton", "sj_parallel.backends.triton_backend", _check_triton,
+        _check_triton_tensor, lambda: _TRITON_HINT,
+    ),
+}  # fmt: skip
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+def check_backend_available(name: str) -> None:
+    """Raise a clear error when ``name`` cannot run in this environment.
+
+    :param name: ``'torch'``, ``'cupy'`` or ``'triton'``
+    :raises ValueError: unknown backend name
+    :raises ImportError: ``'cupy'`` when CuPy does not import, ``'triton'`` when
+        Triton does not import; the message names the real reason and a fix, and the
+        original exception is chained (``__cause__``)
+    :raises RuntimeError: ``'triton'`` when torch sees no GPU (and Triton's
+        interpreter is off)
+    """
+    check_backend_name(name)
+    REGISTRY[name].check()
+
+
+def get_backend(name: str, x: torch.Tensor | None = None) -> ModuleType:
+    """Return the backend module for ``name``, checking that it can run and that it
+    takes ``x``'s device.
+
+    While torch.compile traces, a backend module already imported is returned as it
+    is: its availability was checked when the backend was assigned (and the ops check
+    their inputs themselves)."""
+    spec = REGISTRY.get(name)
+    if spec is not None and _compiling() and spec.module in sys.modules:
+        return sys.modules[spec.module]
+    check_backend_available(name)
+    spec = REGISTRY[name]
+    if x is not None and spec.check_tensor is not None:
+        spec.check_tensor(x)
+    try:
+        return importlib.import_module(spec.module)
     except ModuleNotFoundError as e:
-        if e.name != "sj_parallel.backends.cupy_backend":
+        if e.name != spec.module:
             raise
-        raise ImportError("this build of sj_parallel has no 'cupy' backend") from e
+        raise ImportError(f"this build of sj_parallel has no {name!r} backend") from e

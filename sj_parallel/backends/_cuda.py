@@ -27,6 +27,9 @@ import torch
 
 from ._occupancy import resident_blocks
 
+# the surrogate kinds of common.cuh and their parameters (shared with 'triton')
+from ._surrogates import SG_KINDS, surrogate_params  # noqa: F401
+
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
 KERNEL_FILES = {"psn": "psn.cu", "sliding": "sliding_psn.cu", "mpe": "mpe_psn.cu"}
 KERNELS = {
@@ -38,16 +41,6 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 PSN_MAX_T = 64
 SLIDING_MAX_K = 64
 MPE_MAX_T_MSE = 1024
-
-# surrogate kinds, as in common.cuh
-SG_KINDS = {
-    "ATan": 0,
-    "Sigmoid": 1,
-    "PiecewiseQuadratic": 2,
-    "SoftSign": 3,
-    "Erf": 4,
-    "PiecewiseLeakyReLU": 5,
-}
 
 
 def kernel_source(name: str) -> str:
@@ -309,27 +302,6 @@ def include_options(nvrtc_major: Optional[int] = None) -> Tuple[str, ...]:
         )
     match = [d for d, major in dirs if major == nvrtc_major]
     return (f"-I{(match or [dirs[0][0]])[0]}",)
-
-
-# ------------------------------------------------------------------ surrogates
-def surrogate_params(surrogate_function) -> Tuple[int, float, float, float]:
-    """``(kind, a, c, d)`` of a SpikingJelly surrogate object for the kernels."""
-    name = type(surrogate_function).__name__
-    if name not in SG_KINDS or not getattr(surrogate_function, "spiking", True):
-        raise ValueError(
-            f"backend 'cupy' supports the SpikingJelly surrogates {tuple(SG_KINDS)} "
-            f"(spiking=True); got {surrogate_function!r}. Use backend='torch' for "
-            "other surrogate functions"
-        )
-    kind = SG_KINDS[name]
-    if name == "PiecewiseLeakyReLU":
-        w, c = float(surrogate_function.w), float(surrogate_function.c)
-        # SpikingJelly 0.0.0.0.14 uses slope 1/w inside |x| < w, 2.0.0 uses 1/(2w):
-        # ask the installed object for its slope at 0.
-        z = torch.zeros(1, requires_grad=True)
-        (d,) = torch.autograd.grad(surrogate_function(z).sum(), z)
-        return kind, w, c, float(d)
-    return kind, float(surrogate_function.alpha), 0.0, 0.0
 
 
 # ---------------------------------------------------------------------- launch
