@@ -223,6 +223,38 @@ def test_readme_lists_the_patches_and_the_pinned_commit(series):
     assert "upstream/README.md" in (REPO / "UPSTREAMING.md").read_text(encoding="utf-8")
 
 
+def _added_file(series: List[Patch], path: str) -> str:
+    """The text a patch adds as the new file ``path``."""
+    for patch in series:
+        text = patch.path.read_text(encoding="utf-8")
+        m = re.search(
+            rf"^diff --git a/{re.escape(path)} b/{re.escape(path)}\nnew file mode \d+\n"
+            r"index \S+\n--- /dev/null\n\+\+\+ b/.*?\n@@ .*? @@\n((?:\+.*\n)+)",
+            text,
+            flags=re.M,
+        )
+        if m:
+            return "".join(line[1:] + "\n" for line in m.group(1).splitlines())
+    raise AssertionError(f"no patch adds {path}")
+
+
+def test_mpe_psn_patch_pins_sj_parallels_counter_hash(series):
+    """The counter-hash values pinned in the series' MPE-PSN test are those of
+    sj_parallel.reference: the same seed draws the same samples in both projects."""
+    import torch
+
+    from sj_parallel import reference
+
+    source = _added_file(series, "test/activation_based/test_mpe_psn.py")
+    seed = eval(re.search(r"^SEED = (\(.+\))$", source, flags=re.M).group(1))
+    body = source[source.index("def test_mpe_psn_counter_hash_values") :]
+    indices = eval(re.search(r"indices = (\[.+?\])", body, flags=re.S).group(1))
+    expected = eval(re.search(r"expected = (\[.+?\])", body, flags=re.S).group(1))
+    assert len(indices) == len(expected) >= 8 and max(indices) >= 2**32
+    u = reference.hash_uniform(seed, torch.tensor(indices), torch.float64)
+    assert [int(v * 2**24) for v in u] == expected
+
+
 @needs_bash
 def test_check_script_is_valid_bash_and_pins_the_commit():
     r = subprocess.run(["bash", "-n", str(CHECK)], capture_output=True, text=True)
@@ -290,6 +322,55 @@ def test_series_applies_to_the_pinned_commit(tmp_path):
         )
         assert r.returncode == 0, f"{patch.name}: {r.stderr}"
         _git(clone, "apply", "--cached", str(patch))
+
+
+_SAME_DRAWS = """
+import torch
+import sj_parallel as sjp
+from spikingjelly.activation_based import neuron
+
+assert neuron.__file__.startswith({tree!r}), neuron.__file__
+for wiring in ("previous", "current"):
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        ours = sjp.MPEPSN(6, estimate_from=wiring, step_mode="m")
+        theirs = neuron.MPEPSN(6, estimate_from=wiring, step_mode="m", backend=backend)
+        theirs.load_state_dict(ours.state_dict())
+        x = torch.randn(6, 3, 50)
+        outs = []
+        for m in (ours, theirs):
+            torch.manual_seed(1)
+            outs.append((m(x[:2]), m(x[2:]), m.seed, m.mem_loss))
+        assert outs[0][2] == outs[1][2]
+        assert torch.equal(outs[0][0], outs[1][0])
+        assert torch.equal(outs[0][1], outs[1][1])
+        torch.testing.assert_close(outs[1][3], outs[0][3])
+print("same draws")
+"""
+
+
+def test_patched_mpe_psn_draws_what_sj_parallel_draws(tmp_path):
+    """SpikingJelly's MPEPSN (the series applied) and sj_parallel's, seeded alike,
+    draw the same samples and spike alike, in both wirings and both of the series'
+    backends (Triton through its interpreter)."""
+    src = _spikingjelly_checkout()
+    tree = tmp_path / "spikingjelly"
+    _git(tmp_path, "clone", "-q", "--shared", "--no-checkout", src, str(tree))
+    _git(tree, "checkout", "-q", "--detach", PIN)
+    _git(tree, "am", "-q", *map(str, _patch_files()))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tree), str(REPO)]),
+        TRITON_INTERPRET="1",
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", _SAME_DRAWS.format(tree=str(tree))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0 and "same draws" in r.stdout, r.stderr[-3000:]
 
 
 def test_check_script_passes_on_the_checkout(tmp_path):
