@@ -281,10 +281,16 @@ _NP_K1, _NP_K2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
 
 def _use_numpy(device) -> bool:
-    """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)."""
+    """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)
+    and outside ``torch.func`` transforms (whose tensors have no numpy view)."""
     if (device.type if isinstance(device, torch.device) else str(device)) != "cpu":
         return False
-    return not _is_compiling()
+    return not _is_compiling() and not _functorch_active()
+
+
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
 
 
 def _is_compiling() -> bool:
