@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
         "the CUDA kernels, and on a GPU check backend 'cupy' against 'torch'",
         description="Report versions, GPUs and which backends can run here, with "
         "the reason and a fix for every problem; compile every CUDA kernel with "
-        "NVRTC (for the GPU present, or sm_80), and on a GPU run each op with "
+        "NVRTC (for the GPUs present, or the --arch given), and on a GPU run each op "
+        "with "
         "backend 'cupy' against backend 'torch'. Exit status: 0, or 1 when "
         "--backend names a backend that cannot run.",
     )
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--arch",
         metavar="CC",
         help="compile for this compute capability, e.g. 70, 80 or 90 (default: "
-        "the GPUs present, or 80)",
+        "the GPUs present; without a GPU nothing is compiled unless this is given)",
     )
     d.add_argument(
         "--no-compile", action="store_true", help="skip the NVRTC compile step"
@@ -64,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(
             f"--arch must look like 80 (compute capability 8.0), got {args.arch!r}"
         )
-    from .doctor import doctor, format_report
+    from .doctor import doctor, format_report, process_seconds
 
     report = doctor(
         backend=args.backend,
@@ -72,6 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_ops=not args.no_run,
         arch=args.arch,
     )
+    report["process_seconds"] = process_seconds()
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -199,7 +199,9 @@ class PSN(ParallelNeuron):
         super().__init__(step_mode, backend, memory)
         self.T = _check_int("T", T)
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "PSN")
         )
         self.weight = nn.Parameter(torch.zeros(T, T))
         self.bias = nn.Parameter(torch.full((T, 1), -1.0))
@@ -287,7 +289,9 @@ class MaskedPSN(ParallelNeuron):
         self.register_memory("time_step", 0)
         self.register_memory("queue", [])
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "MaskedPSN")
         )
         self.register_buffer("_lambda_", torch.as_tensor(_check_lambda(lambda_init)))
         self.weight = nn.Parameter(torch.zeros(T, T))
@@ -412,7 +416,9 @@ class SlidingPSN(ParallelNeuron):
         self.k = _check_int("k", k)
         self.register_memory("queue", [])
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "SlidingPSN")
         )
         if exp_init:
             weight = torch.pow(2.0, -torch.arange(k - 1, -1, -1, dtype=torch.float32))
@@ -461,6 +467,19 @@ class SlidingPSN(ParallelNeuron):
 
 
 # ------------------------------------------------------------------------- MPE-PSN
+def _compile_disable(fn):
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return fn if disable is None else disable(fn)
+
+
+@_compile_disable
+def _draw_seed() -> Tuple[int, int]:
+    """A sequence's hash seed, two draws from torch's default generator. Never
+    compiled: inductor would replace ``torch.randint`` with its own RNG, and compiled
+    and eager runs must draw the same samples."""
+    return tuple(torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist())
+
+
 class MPEPSN(ParallelNeuron):
     r"""MPE-PSN: a hard-reset LIF neuron made parallel by estimating its potential.
 
@@ -572,7 +591,7 @@ class MPEPSN(ParallelNeuron):
         self.surrogate_function = (
             mpe_default_surrogate()
             if surrogate_function is None
-            else surrogate_function
+            else F.check_surrogate(surrogate_function, "MPEPSN")
         )
         self.v_threshold = nn.Parameter(torch.as_tensor(float(v_threshold)))
         # one weight per (estimate, potential) pair of the loss
@@ -625,7 +644,7 @@ class MPEPSN(ParallelNeuron):
         time_step, seed, u_hat, u, mem_loss = states
         stochastic = self.stochastic
         if stochastic and (seed is None or time_step == 0):
-            seed = tuple(torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist())
+            seed = _draw_seed()
         need_mse = self.training
         steps = x_seq.shape[0]
         if need_mse and time_step + steps > self.T:

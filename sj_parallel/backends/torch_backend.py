@@ -402,13 +402,24 @@ def psn(
     return PSNFunction.apply(x, weight, bias, surrogate_function, keep_h)
 
 
-@functools.lru_cache(maxsize=64)
-def _toeplitz_index(T: int, k: int, device: torch.device):
+def _toeplitz_index_of(T: int, k: int, device: torch.device):
     """``(idx, valid)``: ``Wg[i][j] = w[idx[i][j]]`` where ``valid`` (0 <= i-j < k)."""
     i = torch.arange(T, device=device).unsqueeze(1)
     d = i - i.t()
     valid = (d >= 0) & (d <= k - 1)
     return (k - 1 - d).clamp_(0, k - 1), valid
+
+
+_toeplitz_index_cached = functools.lru_cache(maxsize=64)(_toeplitz_index_of)
+
+
+def _toeplitz_index(T: int, k: int, device: torch.device):
+    """:func:`_toeplitz_index_of`, cached in eager mode (it is built once per shape
+    instead of per call); ``torch.compile`` traces the uncached function (Dynamo
+    ignores caches and warns about them) and folds it into the graph."""
+    if ref._is_compiling():
+        return _toeplitz_index_of(T, k, device)
+    return _toeplitz_index_cached(T, k, device)
 
 
 def _band_sums(g: torch.Tensor, k: int) -> torch.Tensor:
@@ -483,13 +494,48 @@ def sliding_psn(
 # float output and products with the mask are several times faster on the CPU than
 # bool masks with masked_fill/where, and (1 - s) h is then the same expression for a
 # binary spike and for a smooth stand-in for Θ.
+def _bernoulli_op():
+    """``sj_parallel::mpe_bernoulli``: :func:`sj_parallel.reference.mpe_bernoulli` as
+    a custom op, opaque to ``torch.compile``, so compiled graphs draw the samples with
+    exactly the code (and roundings) of eager mode on every device. None on torch
+    without ``torch.library.custom_op``."""
+    if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
+        return None
+
+    @torch.library.custom_op("sj_parallel::mpe_bernoulli", mutates_args=())
+    def mpe_bernoulli(
+        x: torch.Tensor, seed_lo: int, seed_hi: int, t0: int, M: int, c0: int
+    ) -> torch.Tensor:
+        return ref.mpe_bernoulli(x, (seed_lo, seed_hi), t0, M=M, c0=c0)
+
+    @mpe_bernoulli.register_fake
+    def _(x, seed_lo, seed_hi, t0, M, c0):
+        return torch.empty_like(x)
+
+    return mpe_bernoulli
+
+
+_BERNOULLI_OP = _bernoulli_op()
+
+
+def mpe_samples(
+    x: torch.Tensor, seed: Tuple[int, int], t0: int, M: int, c0: int
+) -> torch.Tensor:
+    """The Bernoulli samples of columns ``c0 ..`` of a layer of ``M`` neurons (0/1 in
+    ``x``'s dtype): :func:`sj_parallel.reference.mpe_bernoulli`, through the custom op
+    while ``torch.compile`` traces (so compiled and eager draws are identical)."""
+    if _BERNOULLI_OP is not None and ref._is_compiling():
+        return _BERNOULLI_OP(x.detach(), int(seed[0]), int(seed[1]), t0, M, c0)
+    return ref.mpe_bernoulli(x, seed, t0, M=M, c0=c0)
+
+
 def _mpe_estimate(xc, stochastic, seed, t0, M, c0, kept):
     """``(û, b, p)`` of columns ``c0 ..`` in the compute dtype; ``kept`` (uint8)
     reuses the samples kept by forward (sample ``(t, m)`` has global index
     ``(t0 + t) M + c0 + m``)."""
     if stochastic:
         if kept is None:
-            b = ref.mpe_bernoulli(xc, seed, t0, M=M, c0=c0)
+            b = mpe_samples(xc, seed, t0, M, c0)
         else:
             b = kept.to(xc.dtype)
         return torch.addcmul(xc, xc, b, value=-1.0), b, None  # (1 - b) x
