@@ -4,7 +4,8 @@ r"""User-facing neurons: drop-in SpikingJelly ``MemoryModule`` subclasses.
   Spiking Neurons with High Efficiency and Ability to Learn Long-term Dependencies",
   NeurIPS 2023. State-dict keys equal SpikingJelly's own PSN classes.
 * :class:`MPEPSN` — Chen et al., "Time-independent Spiking Neuron via Membrane
-  Potential Estimation for Efficient Spiking Neural Networks", 2024.
+  Potential Estimation for Efficient Spiking Neural Networks", ICASSP 2025
+  (arXiv 2409.04978).
 
 All neurons take time-first input ``[T, N, *]`` in multi-step mode (``'m'``) and
 ``[N, *]`` in single-step mode (``'s'``), work with ``functional.reset_net``,

@@ -21,8 +21,8 @@ PSN family (Fang et al., NeurIPS 2023)
   (zero history before ``t = 0``), i.e. the banded Toeplitz matrix
   :math:`W_g[i][j] = w[k-1-(i-j)]` for :math:`0 \le i-j \le k-1`.
 
-MPE-PSN (Chen et al., 2024)
----------------------------
+MPE-PSN (Chen et al., ICASSP 2025, arXiv 2409.04978)
+----------------------------------------------------
 With input current :math:`I_t`, decay multiplier :math:`\tau` and threshold
 :math:`V_{th}`:
 
