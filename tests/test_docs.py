@@ -357,3 +357,27 @@ def test_documented_example_runs_at_the_smallest_settings(
         spec.loader.exec_module(mod)
         assert mod.main(args + TINY_SEQ + out) == 0
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------ times (item 5)
+def test_stated_times_agree():
+    """README, the quick start, the example's README and the scripts state the same
+    times; the example's script lets idle OpenMP threads sleep (spinning threads made
+    a busy 2-core machine 4x slower)."""
+    script = (ROOT / "examples/dvs_gesture/run_synthetic.sh").read_text()
+    assert 'export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"' in script
+    assert "about a minute on 2 cores" in script
+    claims = {
+        "README.md": "the training takes about a minute on 2 cores",
+        "docs/quickstart.md": "# PSN, CPU, about a minute",
+        "examples/dvs_gesture/README.md": "# PSN, CPU, about 1 minute",
+    }
+    for name, claim in claims.items():
+        text = (ROOT / name).read_text()
+        assert claim in text, name
+        assert not re.search(r"few minutes|couple of minutes|~1 minute", text), name
+    bench = (ROOT / "benchmarks/bench.py").read_text()
+    page = (ROOT / "docs/benchmarks.md").read_text()
+    assert "--quick            # about 30 s on 2 CPU cores" in bench
+    assert "--quick                 # about 30 s on 2 cores" in page
+    assert "28 s wall" in page and "load average" in page
