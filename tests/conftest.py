@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 # tests import their independent references as plain modules
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -27,3 +29,24 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture
+def cupy_sees_a_gpu(monkeypatch):
+    """CuPy reports one CUDA device, so backend 'cupy' can be assigned on a machine
+    without one: the installed CuPy's own ``cupy.cuda.runtime.getDeviceCount`` is
+    replaced by ``unittest.mock.create_autospec`` of itself. The input's device is
+    still checked at forward time. Yields the fake."""
+    from unittest import mock
+
+    from sj_parallel import backends
+
+    if not backends.cupy_available():
+        pytest.skip("CuPy is not installed")
+    import cupy
+
+    fake = mock.create_autospec(cupy.cuda.runtime.getDeviceCount, return_value=1)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", fake)
+    backends.cupy_device_error.cache_clear()
+    yield fake
+    backends.cupy_device_error.cache_clear()

@@ -88,31 +88,19 @@ def test_cupy_backend_needs_cupy(monkeypatch):
         sjp.set_backend(torch.nn.Sequential(sjp.PSN(4)), "cupy")
 
 
-@pytest.mark.skipif(not backends.cupy_available(), reason="CuPy is not installed")
-def test_cupy_backend_needs_cuda_tensors(monkeypatch):
-    """With a GPU (faked at CuPy's device query by an autospec of the installed
-    ``getDeviceCount``) backend 'cupy' is accepted, and a CPU input is refused at
-    forward time."""
-    from unittest import mock
-
-    import cupy
-
-    count = mock.create_autospec(cupy.cuda.runtime.getDeviceCount, return_value=1)
-    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", count)
-    backends.cupy_device_error.cache_clear()
-    try:
-        for m in [
-            sjp.PSN(4, backend="cupy"),
-            sjp.MaskedPSN(2, 4, step_mode="m", backend="cupy"),
-            sjp.SlidingPSN(2, step_mode="m", backend="cupy"),
-            sjp.MPEPSN(4, step_mode="m", backend="cupy"),
-        ]:
-            with pytest.raises(
-                ValueError, match=r"backend 'cupy' needs CUDA tensors.*cpu.*'torch'"
-            ):
-                m(torch.randn(4, 3))
-    finally:
-        backends.cupy_device_error.cache_clear()
+def test_cupy_backend_needs_cuda_tensors(cupy_sees_a_gpu):
+    """With a GPU (faked at CuPy's device query, tests/conftest.py) backend 'cupy'
+    is accepted, and a CPU input is refused at forward time."""
+    for m in [
+        sjp.PSN(4, backend="cupy"),
+        sjp.MaskedPSN(2, 4, step_mode="m", backend="cupy"),
+        sjp.SlidingPSN(2, step_mode="m", backend="cupy"),
+        sjp.MPEPSN(4, step_mode="m", backend="cupy"),
+    ]:
+        with pytest.raises(
+            ValueError, match=r"backend 'cupy' needs CUDA tensors.*cpu.*'torch'"
+        ):
+            m(torch.randn(4, 3))
 
 
 def test_masked_single_step_rules():
