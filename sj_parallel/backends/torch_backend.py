@@ -193,8 +193,7 @@ def spike(surrogate_function: Surrogate, h: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------- second derivatives
 def functorch_active() -> bool:
     """True inside a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``...)."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active is not None and active())
+    return ref._functorch_active()
 
 
 def _differentiable_backward(
