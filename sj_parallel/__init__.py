@@ -8,11 +8,16 @@ memory-lean torch backend and fused CuPy kernels.
 here and why not.
 """
 
+from . import _memopt
 from .backends import BACKENDS
 from .convert import from_spikingjelly, replace_neurons, to_spikingjelly, zoo_neuron
 from .doctor import doctor
 from .neuron import MPEPSN, PSN, MaskedPSN, ParallelNeuron, SlidingPSN
 from .utils import masked_psn_lambda, membrane_loss, set_backend, set_memory
+
+# SpikingJelly master's memopt must not split our neurons in time, whichever of the
+# two is imported first
+_memopt.install()
 
 __version__ = "0.1.0"
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import _compat
 from . import backends as B
 
 __all__ = ["doctor", "format_report", "compile_kernels", "compare_backends"]
@@ -131,7 +132,12 @@ def _versions(nvrtc: Any, nvrtc_error: Optional[BaseException]) -> Dict[str, Any
         "sj_parallel": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "spikingjelly": _dist_version("spikingjelly"),
+        "spikingjelly": _compat.SJ_VERSION,
+        "spikingjelly_source": (
+            f"{_compat.SJ_PATH} (git {_compat.SJ_COMMIT or 'unknown commit'})"
+            if _compat.SJ_FROM_SOURCE
+            else None
+        ),
         "numpy": _dist_version("numpy"),
         "cupy": None,
         "cupy_packages": [],
@@ -747,6 +753,8 @@ def format_report(report: Dict[str, Any]) -> str:
     row("python", f"{v.get('python')} ({v.get('platform')})")
     row("torch", f"{v.get('torch')} (CUDA {v.get('torch_cuda') or 'none: CPU build'})")
     row("spikingjelly", v.get("spikingjelly") or "not installed")
+    if v.get("spikingjelly_source"):
+        row("  source tree", v["spikingjelly_source"])
     cupy = v.get("cupy")
     if cupy:
         extra = f"CUDA runtime {v.get('cupy_cuda_runtime')}"

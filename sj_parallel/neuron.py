@@ -46,6 +46,54 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return value
 
 
+def _batch_mismatch(
+    name: str, state: str, held: Tuple[int, ...], shape: Tuple[int, ...]
+) -> ValueError:
+    """The error for a state built for another batch (or input) size.
+
+    ``held`` is the per-step shape the state stands for (a 1-tuple of the element
+    count when only that is known), ``shape`` the new input's per-step shape.
+    """
+    held, shape = tuple(held), tuple(shape)
+    if len(held) == len(shape) >= 1 and held[1:] == shape[1:]:
+        what = f"a batch of {held[0]} (inputs of shape {held})"
+        now = f"shape {shape} per step (a batch of {shape[0]})"
+    else:
+        what = f"inputs of {math.prod(held)} values per step"
+        now = f"shape {shape} per step ({math.prod(shape)} values)"
+    return ValueError(
+        f"{name}: its state {state!r} holds {what} from the previous call, but the "
+        f"new input has {now}. A state belongs to one batch: "
+        "functional.reset_net(net) is missing before this batch (call it after "
+        "every batch, also before a smaller last batch)"
+    )
+
+
+def _push(queue, x: torch.Tensor, k: int, name: str) -> list:
+    """Append one step's input to a single-step queue in SpikingJelly's layout.
+
+    Each entry is the step's input flattened, ``x.flatten()`` (as in SpikingJelly's
+    ``functional.sliding_psn_step`` / ``masked_psn_step``), oldest first; the last
+    ``k`` are kept. Returns a new list: the old one may be shared by DataParallel
+    replicas and is never changed.
+    """
+    per_sample = math.prod(x.shape[1:])
+    for q in queue:
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(
+                f"{name}: its state 'queue' must hold tensors (the flattened inputs "
+                f"of the previous steps), got {type(q).__name__}"
+            )
+        if q.numel() != x.numel():
+            if per_sample and q.numel() % per_sample == 0:
+                held = (q.numel() // per_sample, *x.shape[1:])
+            else:
+                held = (q.numel(),)
+            raise _batch_mismatch(name, "queue", held, x.shape)
+    queue = [q if q.dim() == 1 else q.reshape(-1) for q in queue]
+    return [*queue, x.flatten()][-k:]
+
+
 class ParallelNeuron(MemoryModule):
     """Shared plumbing of the sj_parallel neurons (backend, step mode, state I/O).
 
@@ -53,7 +101,15 @@ class ParallelNeuron(MemoryModule):
     ``multi_step_functional_forward``; ``single_step_forward`` and
     ``multi_step_forward`` call them on the registered memories and write the new
     states back, identically on SpikingJelly 0.0.0.0.14 and 2.0.0.
+
+    ``__temporal_split__ = False``: SpikingJelly's memory optimiser must never cut
+    these neurons' input into chunks along time (see :mod:`sj_parallel._memopt`).
     """
+
+    #: Never split in time by a memory optimiser (PSN and MaskedPSN need all ``T``
+    #: steps at once, SlidingPSN's window and MPE-PSN's sampling and auxiliary loss
+    #: span chunk borders).
+    __temporal_split__ = False
 
     def __init__(
         self, step_mode: str = "s", backend: str = "torch", memory: str = "auto"
@@ -248,8 +304,10 @@ class MaskedPSN(ParallelNeuron):
     ones. While :math:`\lambda < 1` the neuron sees future inputs (not causal); the
     paper ramps :math:`\lambda` to 1 over the first eighth of training
     (:func:`sj_parallel.masked_psn_lambda`). Single-step mode needs
-    :math:`\lambda \ge 1` and runs at most ``T`` steps (state: the time step and the
-    last ``k`` inputs); it equals multi-step output.
+    :math:`\lambda \ge 1` and runs at most ``T`` steps (states ``time_step`` and
+    ``queue``, the last ``k`` inputs oldest first, each flattened, as SpikingJelly's
+    ``MaskedPSN`` and ``functional.masked_psn_step`` keep them); it equals multi-step
+    output.
 
     State-dict keys: ``weight``, ``bias``, ``_lambda_``, ``mask0`` (:math:`M_k`),
     ``mask1`` (``J``), as SpikingJelly's ``MaskedPSN``.
@@ -332,7 +390,7 @@ class MaskedPSN(ParallelNeuron):
                 "functional.reset_net(net) before the next sequence"
             )
         F.check_input(x, "MaskedPSN", param=self.weight, what="[N, *]")
-        queue = (list(queue) + [x])[-self.k :]
+        queue = _push(queue, x, self.k, "MaskedPSN")
         n = len(queue)
         # half inputs are computed in float32, as in multi-step mode
         cd = compute_dtype(x.dtype)
@@ -340,7 +398,7 @@ class MaskedPSN(ParallelNeuron):
         h = self.bias[time_step].to(cd)
         for i, xi in enumerate(queue):
             h = h + w[i].to(cd) * xi.to(cd)
-        spike = self.surrogate_function(h).to(x.dtype)
+        spike = self.surrogate_function(h).to(x.dtype).view(x.shape)
         return (spike,), (time_step + 1, queue)
 
     def multi_step_functional_forward(
@@ -390,7 +448,10 @@ class SlidingPSN(ParallelNeuron):
     with zero history before ``t = 0``. ``exp_init=True`` initialises
     :math:`w = (2^{-(k-1)}, \dots, 1/4, 1/2, 1)` (1 on the current step); otherwise
     kaiming-uniform on a ``[1, k]`` tensor. ``bias`` is a scalar initialised to -1.
-    Single-step mode keeps the last ``k`` inputs and equals multi-step output.
+    Single-step mode keeps the last ``k`` inputs and equals multi-step output; its
+    state ``queue`` holds them oldest first, each flattened (``x.flatten()``), exactly
+    as SpikingJelly's ``SlidingPSN`` and ``functional.sliding_psn_step`` keep it, so
+    the state moves both ways between them.
     State-dict keys ``weight`` (``[k]``) and ``bias`` (0-dim) as SpikingJelly.
 
     :param k: window length (order)
@@ -439,7 +500,7 @@ class SlidingPSN(ParallelNeuron):
     ) -> Tuple[Outputs, States]:
         x = inputs[0]
         F.check_input(x, "SlidingPSN", param=self.weight, what="[N, *]")
-        queue = (list(states[0]) + [x])[-self.k :]
+        queue = _push(states[0], x, self.k, "SlidingPSN")
         # half inputs are computed in float32, as in multi-step mode
         cd = compute_dtype(x.dtype)
         spike = ref.sliding_psn_step(
@@ -448,7 +509,7 @@ class SlidingPSN(ParallelNeuron):
             self.bias.to(cd),
             self.surrogate_function,
         ).to(x.dtype)
-        return (spike,), (queue,)
+        return (spike.view(x.shape),), (queue,)
 
     def multi_step_functional_forward(
         self, inputs: Outputs, states: States, **kwargs
@@ -643,6 +704,9 @@ class MPEPSN(ParallelNeuron):
     ) -> Tuple[torch.Tensor, States]:
         F.check_input(x_seq, "MPEPSN", min_dim=2, param=self.v_threshold)
         time_step, seed, u_hat, u, mem_loss = states
+        for state, value in (("u_hat", u_hat), ("u", u)):
+            if isinstance(value, torch.Tensor) and value.shape != x_seq.shape[1:]:
+                raise _batch_mismatch("MPEPSN", state, value.shape, x_seq.shape[1:])
         stochastic = self.stochastic
         if stochastic and (seed is None or time_step == 0):
             seed = _draw_seed()

@@ -1,3 +1,12 @@
+"""Test-session set-up.
+
+``SJP_SPIKINGJELLY_SRC=PATH`` runs the suite against a SpikingJelly source tree (a
+git checkout of SpikingJelly master, say) instead of the installed wheel: ``PATH``
+(the directory that holds the ``spikingjelly`` package) goes first on ``sys.path``
+and on ``PYTHONPATH`` (for the tests that start subprocesses), and the report
+header names the version, the path and the git commit in use.
+"""
+
 import os
 import sys
 
@@ -50,3 +59,51 @@ def cupy_sees_a_gpu(monkeypatch):
     backends.cupy_device_error.cache_clear()
     yield fake
     backends.cupy_device_error.cache_clear()
+
+
+_SRC_VAR = "SJP_SPIKINGJELLY_SRC"
+
+
+def _inside(path: str, tree: str) -> bool:
+    path, tree = os.path.abspath(path), os.path.abspath(tree)
+    return os.path.commonpath([path, tree]) == tree
+
+
+def _use_spikingjelly_source() -> None:
+    src = os.environ.get(_SRC_VAR)
+    if not src:
+        return
+    src = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isfile(os.path.join(src, "spikingjelly", "__init__.py")):
+        raise pytest.UsageError(
+            f"{_SRC_VAR}={src}: no spikingjelly/__init__.py there; point it at the "
+            "root of a SpikingJelly checkout (the directory that holds the "
+            "spikingjelly package)"
+        )
+    loaded = sys.modules.get("spikingjelly")
+    if loaded is not None and not _inside(loaded.__file__, src):
+        raise pytest.UsageError(
+            f"{_SRC_VAR}={src}, but spikingjelly was already imported from "
+            f"{loaded.__file__} before the tests' conftest ran (a pytest plugin?)"
+        )
+    sys.path.insert(0, src)
+    parts = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+_use_spikingjelly_source()
+
+
+def pytest_report_header(config):
+    from sj_parallel import _compat
+
+    line = _compat.describe_spikingjelly()
+    src = os.environ.get(_SRC_VAR)
+    if src:
+        if not _inside(_compat.SJ_PATH, src):
+            raise pytest.UsageError(
+                f"{_SRC_VAR}={src}, but the tests imported spikingjelly from "
+                f"{_compat.SJ_PATH}"
+            )
+        line += f" [{_SRC_VAR}={src}]"
+    return [line]
