@@ -10,7 +10,7 @@ MaskedPSN and SlidingPSN (torch), SpikingJelly's LIFNode (torch; its CuPy backen
 0.0.0.0.14, its Triton backend on SpikingJelly master), and the paper code's MPE-PSN
 (``mpe_baseline.py``).
 
-    python benchmarks/bench.py --quick            # < 2 minutes on a 2-core CPU
+    python benchmarks/bench.py --quick            # about 30 s on 2 CPU cores
     python benchmarks/bench.py --device cuda      # the full grid on a GPU
 
 Writes ``results.json``, ``results.csv`` and PNG plots to ``--out`` and prints ratio
@@ -46,7 +46,7 @@ K = 2  # order of masked/sliding PSN in the benchmark (the PSN paper's CIFAR10-D
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small grid, < 2 min on CPU")
+    p.add_argument("--quick", action="store_true", help="small grid, ~30 s on 2 cores")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--T", type=int, nargs="*", help="time steps (default 4..64)")
     p.add_argument("--log2n", type=int, nargs="*", help="log2 neuron counts")

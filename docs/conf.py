@@ -27,6 +27,9 @@ version = release
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    # MathJax 3 from the pip package into _static/mathjax: math renders offline
+    # (sphinx.ext.mathjax alone loads it from a CDN)
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",
 ]

@@ -1,8 +1,8 @@
 """sj_parallel: parallel spiking neurons for SpikingJelly.
 
 PSN, masked PSN and sliding PSN (Fang et al., NeurIPS 2023) and MPE-PSN (Chen et al.,
-2024) as SpikingJelly ``MemoryModule`` subclasses, with a memory-lean torch backend
-and fused GPU kernels (backends ``"cupy"`` and ``"triton"``).
+ICASSP 2025, arXiv 2409.04978) as SpikingJelly ``MemoryModule`` subclasses, with a
+memory-lean torch backend and fused GPU kernels (backends ``"cupy"`` and ``"triton"``).
 
 ``python -m sj_parallel doctor`` (or :func:`sj_parallel.doctor`) reports what can run
 here and why not.

@@ -25,9 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         "against 'torch'",
         description="Report versions, GPUs and which backends can run here, with "
         "the reason and a fix for every problem; compile every CUDA kernel with "
-        "NVRTC and one Triton kernel per family (for the GPU present, or sm_80), and "
-        "on a GPU run each op with backends 'cupy' and 'triton' against backend "
-        "'torch'. Exit status: 0, or 1 when "
+        "NVRTC and one Triton kernel per family (for the GPUs present, or the --arch "
+        "given), and on a GPU run each op with backends 'cupy' and 'triton' against "
+        "backend 'torch'. Exit status: 0, or 1 when "
         "--backend names a backend that cannot run.",
     )
     from .backends import BACKENDS
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         "--arch",
         metavar="CC",
         help="compile for this compute capability, e.g. 70, 80 or 90 (default: "
-        "the GPUs present, or 80)",
+        "the GPUs present; without a GPU nothing is compiled unless this is given)",
     )
     d.add_argument(
         "--no-compile",
@@ -70,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(
             f"--arch must look like 80 (compute capability 8.0), got {args.arch!r}"
         )
-    from .doctor import doctor, format_report
+    from .doctor import doctor, format_report, process_seconds
 
     report = doctor(
         backend=args.backend,
@@ -78,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_ops=not args.no_run,
         arch=args.arch,
     )
+    report["process_seconds"] = process_seconds()
     if args.json:
         print(json.dumps(report, indent=2))
     else:

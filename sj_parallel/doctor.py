@@ -10,7 +10,9 @@ collects, in one report:
   reason when it cannot;
 * an NVRTC compile of every kernel of the launcher (one typical variant per kernel
   file and dtype, :func:`sj_parallel.backends._cuda.kernel_variants` with
-  ``minimal=True``) for the GPU present, or for ``sm_80`` without one;
+  ``minimal=True``) for the GPUs present; without a GPU only for an ``--arch``
+  asked for, and labelled "compiles for sm_XX" (it shows that NVRTC and the headers
+  work, not that the kernels run here);
 * on a GPU, one run of each op with backend ``'cupy'`` against backend ``'torch'``
   (:func:`compare_backends`), with the largest differences;
 * backend ``'triton'``: the Triton version, whether it imports and torch sees a GPU
@@ -27,10 +29,12 @@ collects, in one report:
     python -m sj_parallel doctor --backend cupy   # exit status 1 if 'cupy' cannot run
     python -m sj_parallel doctor --backend triton # ... if 'triton' cannot run
     python -m sj_parallel doctor --json           # the dict as JSON
+    python -m sj_parallel doctor --arch 80        # also compile for sm_80
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 import traceback
@@ -49,7 +53,8 @@ __all__ = [
     "compare_backends",
 ]
 
-#: arch compiled for when no GPU is visible
+#: the default of :func:`compile_kernels` (the doctor compiles for the GPUs present,
+#: and without a GPU only for an ``arch`` asked for)
 DEFAULT_ARCH = "80"
 #: tolerances of :func:`compare_backends` (float32): fraction of differing spikes,
 #: and the largest input-gradient difference relative to the gradient's scale
@@ -66,9 +71,10 @@ NVRTC_FIX = (
     "`pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12`"
 )
 _NO_GPU_FIX = (
-    "the cupy backend needs an NVIDIA GPU with its driver (`nvidia-smi` must list it) "
-    "and a CUDA build of torch; on this machine use backend='torch' (the default)"
+    "on this machine use backend='torch' (the default); backend 'cupy' needs an "
+    "NVIDIA GPU with its driver (`nvidia-smi` must list it) and a CUDA build of torch"
 )
+_NO_GPU = "no CUDA GPU (see GPUs)"
 
 
 # ------------------------------------------------------------------------- helpers
@@ -90,6 +96,29 @@ def _cuda_version(v: int) -> Optional[str]:
 
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
+
+
+def process_seconds() -> Optional[float]:
+    """Wall time since this process started (Linux ``/proc``), imports included;
+    ``None`` where it cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 1)
+    except Exception:
+        return None
+
+
+def _loaded_nvrtc() -> Optional[str]:
+    """The NVRTC library file this process has loaded (Linux), if any."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "libnvrtc.so" in ln}
+    except Exception:
+        return None
+    return sorted(paths)[0] if paths else None
 
 
 def _nvrtc() -> Tuple[Any, Optional[BaseException]]:
@@ -423,10 +452,7 @@ def _arch_problem(nvrtc: Any, arch: str, what: str = "") -> Optional[Tuple[str, 
         return None
     major, minor = nvrtc.getVersion()
     if int(arch) < min(supported):
-        fix = (
-            f"NVRTC {major} has dropped sm_{arch}: use CUDA 12 (`pip install "
-            "cupy-cuda12x nvidia-cuda-nvrtc-cu12`, and a CUDA 12 build of torch)"
-        )
+        fix = _dropped_arch_fix(major, arch)
     else:
         fix = (
             "this NVRTC is older than the GPU: upgrade CuPy and NVRTC "
@@ -440,13 +466,43 @@ def _arch_problem(nvrtc: Any, arch: str, what: str = "") -> Optional[Tuple[str, 
     return reason, fix
 
 
+def _dropped_arch_fix(major: int, arch: str) -> str:
+    """How to compile for an arch this NVRTC has dropped: CUDA 12. Names only the
+    packages that are missing; when they are all installed, says why NVRTC 12 was not
+    the one loaded."""
+    wanted = ("cupy-cuda12x", "nvidia-cuda-nvrtc-cu12")
+    missing = [p for p in wanted if _dist_version(p) is None]
+    if missing:
+        return (
+            f"NVRTC {major} has dropped sm_{arch}: use CUDA 12 (`pip install "
+            f"{' '.join(missing)}`, and a CUDA 12 build of torch)"
+        )
+    loaded = _loaded_nvrtc()
+    where = f" ({loaded})" if loaded else ""
+    return (
+        f"NVRTC {major} has dropped sm_{arch}. cupy-cuda12x and "
+        f"nvidia-cuda-nvrtc-cu12 are installed, but this process loaded NVRTC "
+        f"{major}{where}, which comes with the CUDA {major} libraries of this "
+        "environment (e.g. torch's CUDA 13 wheels) and is found first. For an "
+        f"sm_{arch} GPU use an environment whose CUDA libraries are 12.x: a CUDA 12 "
+        "build of torch (`pip install torch --index-url "
+        "https://download.pytorch.org/whl/cu126`) with cupy-cuda12x"
+    )
+
+
 def _cupy_prerequisites(
     gpus: List[Dict[str, Any]], gpu_reason: Optional[str], nvrtc: Any, nvrtc_err: Any
 ) -> Tuple[Optional[str], Optional[str], bool]:
     """``(reason, fix, malfunction)`` of the first thing that stops backend 'cupy',
     or ``(None, None, False)``; ``malfunction`` marks a broken set-up (as opposed to
-    something simply absent)."""
+    something simply absent). A missing GPU comes first: without one, installing or
+    repairing CuPy cannot make the backend run."""
     err = B.cupy_import_error()
+    if not gpus:
+        reason = _NO_GPU
+        if err is not None and B.explain_cupy_error(err)[0] == "CuPy is not installed":
+            reason += "; CuPy is not installed either (it is needed only with a GPU)"
+        return reason, _NO_GPU_FIX, False
     if err is not None:
         reason, fix = B.explain_cupy_error(err)
         return reason, fix, reason != "CuPy is not installed"
@@ -458,8 +514,6 @@ def _cupy_prerequisites(
             "(e.g. `pip install cupy-cuda12x`)",
             True,
         )
-    if not gpus:
-        return f"no CUDA GPU: {gpu_reason}", _NO_GPU_FIX, False
     import cupy
 
     try:
@@ -599,16 +653,22 @@ def _triton_section(
         "interpreter": B.triton_interpreting(),
         "devices": ["cpu (Triton's interpreter)"] if B.triton_interpreting() else [],
         "compile": None,
+        "compile_skipped": None,
         "ops": {"ran": False, "reason": "not requested", "results": []},
     }
     if gpus:
         section["devices"] = ["cuda"] + section["devices"]
-    if compile_kernels_ and B.triton_import_error() is None:
-        if arch is not None:
-            target = str(arch)
-        else:
-            target = max((g["arch"] for g in gpus), default=DEFAULT_ARCH)
+    present = {g["arch"] for g in gpus}
+    target = str(arch) if arch is not None else max(present, default=None)
+    if compile_kernels_ and B.triton_import_error() is None and target is None:
+        section["compile_skipped"] = (
+            "no GPU here; `python -m sj_parallel doctor --arch 80` compiles them for "
+            "sm_80 anyway"
+        )
+    elif compile_kernels_ and B.triton_import_error() is None:
         comp = guarded("triton compile", lambda: compile_triton_kernels(target), None)
+        if comp is not None:
+            comp["present"] = target in present
         section["compile"] = comp
         if comp is not None and not comp["ok"] and not B.triton_interpreting():
             what = f"the Triton kernels could not be compiled: {comp['error']}"
@@ -640,6 +700,29 @@ def _triton_section(
     return section
 
 
+def _cupy_installation_problems() -> List[Tuple[str, str]]:
+    """``(what, fix)`` of a CuPy installation that would fail on a GPU: one that is
+    installed but does not import, or several CuPy wheels at once (not installed at
+    all is not a problem: it is only needed with a GPU)."""
+    out = []
+    err = B.cupy_import_error()
+    if err is not None:
+        reason, fix = B.explain_cupy_error(err)
+        if reason != "CuPy is not installed":
+            out.append((reason, fix))
+        return out
+    dists = B.cupy_distributions()
+    if len(dists) > 1:
+        out.append(
+            (
+                f"several CuPy packages are installed at once: {', '.join(dists)}",
+                f"`pip uninstall -y {' '.join(dists)}`, then install exactly one "
+                "(e.g. `pip install cupy-cuda12x`)",
+            )
+        )
+    return out
+
+
 def doctor(
     backend: Optional[str] = None,
     nvrtc_compile: bool = True,
@@ -653,18 +736,22 @@ def doctor(
         problems that stop it are marked ``"error"``, others ``"warning"`` (a broken
         set-up is always an ``"error"``)
     :type backend: Optional[str]
-    :param nvrtc_compile: compile every kernel with NVRTC (about 10 s on 2 CPU
-        cores), and one Triton kernel per family and pass (a few seconds)
+    :param nvrtc_compile: compile every kernel with NVRTC and one Triton kernel per
+        family and pass for the GPUs present (a few seconds on 2 CPU cores); without
+        a GPU only when ``arch`` is given
     :type nvrtc_compile: bool
     :param run_ops: on a GPU, run each op with backend 'cupy' against 'torch'
     :type run_ops: bool
     :param arch: compile for this compute capability (e.g. ``"90"``) instead of the
-        GPUs present (``sm_80`` without a GPU)
+        GPUs present; a result for an arch no GPU here has is marked
+        ``"present": False`` ("compiles for sm_XX")
     :type arch: Optional[str]
     :return: ``{"requested_backend", "versions", "gpus", "gpu_reason", "backends",
-        "compile", "ops", "problems", "seconds"}``; ``backends[name]`` is ``{"ok",
-        "reason", "fix", ...}`` and every problem ``{"severity", "what", "fix"}``.
-        JSON-serialisable.
+        "compile", "compile_skipped", "ops", "problems", "seconds"}``;
+        ``backends[name]`` is ``{"ok", "reason", "fix", ...}``, every problem
+        ``{"severity", "what", "fix"}``, ``compile_skipped`` says why nothing was
+        compiled (or is None). ``seconds`` is the doctor's own wall time (the command
+        line adds ``process_seconds``, imports included). JSON-serialisable.
     :rtype: Dict[str, Any]
     """
     if backend is not None:
@@ -700,6 +787,7 @@ def doctor(
         "gpu_reason": gpu_reason,
         "backends": {},
         "compile": None,
+        "compile_skipped": None,
         "ops": None,
         "problems": problems,
         "seconds": 0.0,
@@ -729,6 +817,9 @@ def doctor(
     )
     if reason is not None:
         problem(f"backend 'cupy' cannot run: {reason}", fix, "cupy", broken)
+    if not gpus:  # what would stop CuPy on a GPU, as warnings
+        for what, how in guarded("cupy", _cupy_installation_problems, []):
+            problem(what, how, "cupy-installation")
     no_headers = versions.get("cuda_headers") == []
     if no_headers:
         what = "the CUDA headers cuda_fp16.h/cuda_bf16.h were not found"
@@ -736,19 +827,23 @@ def doctor(
         if reason is None:
             reason, fix = what, HEADERS_FIX
 
-    # compile the kernels (also without a GPU)
-    if nvrtc_compile:
-        if arch is not None:
-            archs = [str(arch)]
-        else:
-            archs = sorted({g["arch"] for g in gpus}) or [DEFAULT_ARCH]
+    # compile the kernels: for the GPUs present, or for the arch asked for
+    present = {g["arch"] for g in gpus}
+    archs = [str(arch)] if arch is not None else sorted(present)
+    if nvrtc_compile and not archs:
+        report["compile"] = []
+        report["compile_skipped"] = (
+            "no GPU here; `python -m sj_parallel doctor --arch 80` compiles every "
+            "kernel for sm_80 anyway, which checks NVRTC and the CUDA headers"
+        )
+    elif nvrtc_compile:
         results = [
             guarded("kernel compile", lambda a=a: compile_kernels(a, nvrtc), None)
             for a in archs
         ]
         report["compile"] = [r for r in results if r is not None]
-        present = {g["arch"] for g in gpus}
         for r in report["compile"]:
+            r["present"] = r["arch"] in present
             # an --arch other than the GPUs' does not decide whether 'cupy' runs here
             decides = arch is None or r["arch"] in present
             if r["error"] and not no_headers:
@@ -777,6 +872,7 @@ def doctor(
                     reason, fix = what, compile_fix
     else:
         report["compile"] = []
+        report["compile_skipped"] = "not requested"
 
     # run each op on the GPU against the torch backend
     if not run_ops:
@@ -874,18 +970,28 @@ def format_report(report: Dict[str, Any]) -> str:
         else:
             lines.append(f"  {name:<6} cannot run: {b['reason']}")
             lines.append(f"         fix: {b['fix']}")
+    if report.get("compile_skipped"):
+        lines += ["", f"Kernel compile: skipped ({report['compile_skipped']})"]
     for c in report.get("compile") or []:
         n_ok = sum(r["ok"] for r in c["variants"])
-        lines += [
-            "",
-            f"Kernel compile (NVRTC {c['nvrtc'] or '?'}, compute_{c['arch']}): "
-            f"{n_ok}/{len(c['variants'])} variants OK in {c['seconds']} s",
-        ]
+        here = c.get("present", True)
+        nvrtc = f"NVRTC {c['nvrtc'] or '?'}"
+        if here:
+            head = f"Kernel compile ({nvrtc}, sm_{c['arch']}): "
+            head += f"{n_ok}/{len(c['variants'])} variants OK"
+        else:
+            head = (
+                f"Kernel compile for sm_{c['arch']} ({nvrtc}; no sm_{c['arch']} GPU "
+                "here, so this checks NVRTC and the headers, not a run): "
+                f"{n_ok}/{len(c['variants'])} variants compile"
+            )
+        lines += ["", f"{head} in {c['seconds']} s"]
         if c["error"]:
             lines.append(f"  not compiled: {c['error']}")
+        ok = "ok  " if here else f"compiles for sm_{c['arch']}"
         for r in c["variants"]:
             const = "" if r["const"] is None else f" T={r['const']}"
-            status = "ok  " if r["ok"] else "FAIL"
+            status = ok if r["ok"] else "FAIL"
             lines.append(
                 f"  {status} {r['file']:<15} {r['dtype']:<9}{const:<6} "
                 f"{', '.join(r['kernels']) or '-'}"
@@ -908,17 +1014,27 @@ def format_report(report: Dict[str, Any]) -> str:
             )
     tri = report.get("backends", {}).get("triton") or {}
     comp = tri.get("compile")
+    if tri.get("compile_skipped"):
+        lines += ["", f"Triton compile: skipped ({tri['compile_skipped']})"]
     if comp:
         n_ok = sum(r["ok"] for r in comp["kernels"])
-        lines += [
-            "",
-            f"Triton compile (Triton {comp['triton'] or '?'}, sm_{comp['arch']}): "
-            f"{n_ok}/{len(comp['kernels'])} kernels OK in {comp['seconds']} s",
-        ]
+        here = comp.get("present", True)
+        triton = f"Triton {comp['triton'] or '?'}"
+        if here:
+            head = f"Triton compile ({triton}, sm_{comp['arch']}): "
+            head += f"{n_ok}/{len(comp['kernels'])} kernels OK"
+        else:
+            head = (
+                f"Triton compile for sm_{comp['arch']} ({triton}; no sm_{comp['arch']} "
+                f"GPU here, so this checks the compiler, not a run): "
+                f"{n_ok}/{len(comp['kernels'])} kernels compile"
+            )
+        lines += ["", f"{head} in {comp['seconds']} s"]
         if comp["error"]:
             lines.append(f"  not compiled: {comp['error']}")
+        ok = "ok  " if here else f"compiles for sm_{comp['arch']}"
         for r in comp["kernels"]:
-            lines.append(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['kernel']}")
+            lines.append(f"  {ok if r['ok'] else 'FAIL'} {r['kernel']}")
     if tri.get("ops", {}).get("ran"):
         lines += ["", "Ops on the GPU, backend 'triton' against backend 'torch'"]
         for r in tri["ops"]["results"]:
@@ -935,5 +1051,11 @@ def format_report(report: Dict[str, Any]) -> str:
     for i, p in enumerate(problems, 1):
         lines.append(f"  {i}. [{p['severity']}] {p['what']}")
         lines.append(f"     fix: {p['fix']}")
-    lines += ["", f"(doctor ran in {report.get('seconds')} s)"]
+    took = f"doctor ran in {report.get('seconds')} s"
+    if report.get("process_seconds") is not None:
+        took += (
+            f"; {report['process_seconds']} s since the process started, "
+            "imports included"
+        )
+    lines += ["", f"({took})"]
     return "\n".join(lines)

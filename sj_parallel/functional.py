@@ -28,6 +28,7 @@ __all__ = [
     "mpe_psn_multi_step",
     "check_input",
     "check_steps",
+    "check_surrogate",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -70,6 +71,31 @@ def check_input(
             )
 
 
+def check_surrogate(surrogate_function: Surrogate, name: str) -> Surrogate:
+    """Return ``surrogate_function`` if it is a surrogate object (any callable that
+    is not a class); raise a ``TypeError`` with the fix otherwise.
+
+    The usual mistake is passing SpikingJelly's class, ``surrogate.ATan``, where an
+    instance, ``surrogate.ATan()``, is needed.
+    """
+    if isinstance(surrogate_function, type):
+        cls = surrogate_function
+        prefix = "surrogate." if cls.__module__.split(".")[-1] == "surrogate" else ""
+        raise TypeError(
+            f"{name}: surrogate_function must be a surrogate instance, got the class "
+            f"{cls.__name__}; pass an instance: {prefix}{cls.__name__}() (with "
+            "parentheses, and its arguments if any, e.g. alpha)"
+        )
+    if not callable(surrogate_function):
+        raise TypeError(
+            f"{name}: surrogate_function must be a surrogate instance such as "
+            "surrogate.ATan() (a callable that maps the membrane potential to "
+            f"spikes), got {type(surrogate_function).__name__} "
+            f"{surrogate_function!r}"
+        )
+    return surrogate_function
+
+
 def check_steps(x_seq: torch.Tensor, name: str) -> None:
     """Raise a clear ``ValueError`` for an empty sequence (``T = 0``).
 
@@ -107,6 +133,7 @@ def psn_multi_step(
     """
     T = weight.shape[0]
     check_input(x_seq, "PSN", min_dim=2, param=weight)
+    check_surrogate(surrogate_function, "PSN")
     if x_seq.shape[0] != T:
         raise ValueError(
             f"PSN(T={T}) expects an input of shape [T={T}, N, *], got "
@@ -132,6 +159,7 @@ def masked_psn_multi_step(
     all-ones ``J`` (made on the fly when not given)."""
     T = weight.shape[0]
     check_input(x_seq, "MaskedPSN", min_dim=2, param=weight)
+    check_surrogate(surrogate_function, "MaskedPSN")
     if x_seq.shape[0] != T:
         raise ValueError(
             f"MaskedPSN(T={T}) expects an input of shape [T={T}, N, *], got "
@@ -154,6 +182,7 @@ def sliding_psn_multi_step(
     r"""Sliding PSN: :math:`H[t] = \sum_{i<k} w_i X[t-k+1+i] + b`, any length ``T``."""
     check_input(x_seq, "SlidingPSN", min_dim=2, param=weight)
     check_steps(x_seq, "SlidingPSN")
+    check_surrogate(surrogate_function, "SlidingPSN")
     be = get_backend(backend, x_seq)
     out = be.sliding_psn(_flat(x_seq), weight, bias, surrogate_function, memory=memory)
     return _unflat(out, x_seq)
@@ -182,6 +211,7 @@ def mpe_psn_multi_step(
     """
     check_input(x_seq, "MPEPSN", min_dim=2, param=v_threshold)
     check_steps(x_seq, "MPEPSN")
+    check_surrogate(surrogate_function, "MPEPSN")
     if estimate_from not in ref.MPE_WIRINGS:
         raise ValueError(
             f"estimate_from must be one of {ref.MPE_WIRINGS}, got {estimate_from!r}"

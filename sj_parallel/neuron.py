@@ -4,7 +4,8 @@ r"""User-facing neurons: drop-in SpikingJelly ``MemoryModule`` subclasses.
   Spiking Neurons with High Efficiency and Ability to Learn Long-term Dependencies",
   NeurIPS 2023. State-dict keys equal SpikingJelly's own PSN classes.
 * :class:`MPEPSN` — Chen et al., "Time-independent Spiking Neuron via Membrane
-  Potential Estimation for Efficient Spiking Neural Networks", 2024.
+  Potential Estimation for Efficient Spiking Neural Networks", ICASSP 2025
+  (arXiv 2409.04978).
 
 All neurons take time-first input ``[T, N, *]`` in multi-step mode (``'m'``) and
 ``[N, *]`` in single-step mode (``'s'``), work with ``functional.reset_net``,
@@ -257,7 +258,9 @@ class PSN(ParallelNeuron):
         super().__init__(step_mode, backend, memory)
         self.T = _check_int("T", T)
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "PSN")
         )
         self.weight = nn.Parameter(torch.zeros(T, T))
         self.bias = nn.Parameter(torch.full((T, 1), -1.0))
@@ -347,7 +350,9 @@ class MaskedPSN(ParallelNeuron):
         self.register_memory("time_step", 0)
         self.register_memory("queue", [])
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "MaskedPSN")
         )
         self.register_buffer("_lambda_", torch.as_tensor(_check_lambda(lambda_init)))
         self.weight = nn.Parameter(torch.zeros(T, T))
@@ -475,7 +480,9 @@ class SlidingPSN(ParallelNeuron):
         self.k = _check_int("k", k)
         self.register_memory("queue", [])
         self.surrogate_function = (
-            default_surrogate() if surrogate_function is None else surrogate_function
+            default_surrogate()
+            if surrogate_function is None
+            else F.check_surrogate(surrogate_function, "SlidingPSN")
         )
         if exp_init:
             weight = torch.pow(2.0, -torch.arange(k - 1, -1, -1, dtype=torch.float32))
@@ -524,6 +531,19 @@ class SlidingPSN(ParallelNeuron):
 
 
 # ------------------------------------------------------------------------- MPE-PSN
+def _compile_disable(fn):
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return fn if disable is None else disable(fn)
+
+
+@_compile_disable
+def _draw_seed() -> Tuple[int, int]:
+    """A sequence's hash seed, two draws from torch's default generator. Never
+    compiled: inductor would replace ``torch.randint`` with its own RNG, and compiled
+    and eager runs must draw the same samples."""
+    return tuple(torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist())
+
+
 class MPEPSN(ParallelNeuron):
     r"""MPE-PSN: a hard-reset LIF neuron made parallel by estimating its potential.
 
@@ -635,7 +655,7 @@ class MPEPSN(ParallelNeuron):
         self.surrogate_function = (
             mpe_default_surrogate()
             if surrogate_function is None
-            else surrogate_function
+            else F.check_surrogate(surrogate_function, "MPEPSN")
         )
         self.v_threshold = nn.Parameter(torch.as_tensor(float(v_threshold)))
         # one weight per (estimate, potential) pair of the loss
@@ -691,7 +711,7 @@ class MPEPSN(ParallelNeuron):
                 raise _batch_mismatch("MPEPSN", state, value.shape, x_seq.shape[1:])
         stochastic = self.stochastic
         if stochastic and (seed is None or time_step == 0):
-            seed = tuple(torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist())
+            seed = _draw_seed()
         need_mse = self.training
         steps = x_seq.shape[0]
         if need_mse and time_step + steps > self.T:

@@ -21,8 +21,8 @@ PSN family (Fang et al., NeurIPS 2023)
   (zero history before ``t = 0``), i.e. the banded Toeplitz matrix
   :math:`W_g[i][j] = w[k-1-(i-j)]` for :math:`0 \le i-j \le k-1`.
 
-MPE-PSN (Chen et al., 2024)
----------------------------
+MPE-PSN (Chen et al., ICASSP 2025, arXiv 2409.04978)
+----------------------------------------------------
 With input current :math:`I_t`, decay multiplier :math:`\tau` and threshold
 :math:`V_{th}`:
 
@@ -281,10 +281,16 @@ _NP_K1, _NP_K2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
 
 def _use_numpy(device) -> bool:
-    """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)."""
+    """CPU tensors outside torch.compile tracing (which cannot trace uint32 numpy)
+    and outside ``torch.func`` transforms (whose tensors have no numpy view)."""
     if (device.type if isinstance(device, torch.device) else str(device)) != "cpu":
         return False
-    return not _is_compiling()
+    return not _is_compiling() and not _functorch_active()
+
+
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
 
 
 def _is_compiling() -> bool:

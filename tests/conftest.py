@@ -7,8 +7,8 @@ and on ``PYTHONPATH`` (for the tests that start subprocesses), and the report
 header names the version, the path and the git commit in use.
 
 Without a GPU, ``TRITON_INTERPRET=1`` is set so that Triton's interpreter runs the
-triton backend's kernels on CPU tensors. ``SJP_SKIP_SJ_INDEPENDENT=1`` (the second
-SpikingJelly leg of ``.ci/run``) skips the tests that do not depend on the
+triton backend's kernels on CPU tensors. ``SJP_SKIP_VERSION_INDEPENDENT=1`` (the
+second SpikingJelly leg of ``.ci/run``) deselects the tests that do not depend on the
 SpikingJelly version.
 """
 
@@ -19,6 +19,58 @@ import pytest
 
 # tests import their independent references as plain modules
 sys.path.insert(0, os.path.dirname(__file__))
+
+#: Test files whose results do not depend on the SpikingJelly version (the CUDA
+#: kernels' emulation and NVRTC compiles, the kernel model, the built documentation
+#: site). `.ci/run` runs the suite on SpikingJelly 2.0.0 and again on 0.0.0.0.14;
+#: on the second leg it sets SJP_SKIP_VERSION_INDEPENDENT=1, which deselects these
+#: files and the tests marked ``sj_independent`` (kernels, compilers, interpreters:
+#: SpikingJelly only lends its surrogate objects, whose parameters are tested on both
+#: legs); they ran on the first leg. Add new slow, version-independent files here.
+VERSION_INDEPENDENT = (
+    "test_cuda_emulation.py",
+    "test_cuda_emulation_ops.py",
+    "test_cuda_nvrtc.py",
+    "test_kernel_model.py",
+    "test_docs_site.py",
+)
+
+
+def _version_independent(item) -> bool:
+    return item.path.name in VERSION_INDEPENDENT or "sj_independent" in item.keywords
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SJP_SKIP_VERSION_INDEPENDENT") != "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if _version_independent(item) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def cupy_sees_a_gpu(monkeypatch):
+    """CuPy reports one CUDA device, so backend 'cupy' can be assigned on a machine
+    without one: the installed CuPy's own ``cupy.cuda.runtime.getDeviceCount`` is
+    replaced by ``unittest.mock.create_autospec`` of itself. The input's device is
+    still checked at forward time. Yields the fake."""
+    from unittest import mock
+
+    from sj_parallel import backends
+
+    if not backends.cupy_available():
+        pytest.skip("CuPy is not installed")
+    import cupy
+
+    fake = mock.create_autospec(cupy.cuda.runtime.getDeviceCount, return_value=1)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", fake)
+    backends.cupy_device_error.cache_clear()
+    yield fake
+    backends.cupy_device_error.cache_clear()
+
 
 _SRC_VAR = "SJP_SPIKINGJELLY_SRC"
 
@@ -78,28 +130,3 @@ if "TRITON_INTERPRET" not in os.environ:
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
-
-#: Set by .ci/run for its second SpikingJelly leg: tests marked ``sj_independent``
-#: (kernels, compilers, interpreters: SpikingJelly only lends its surrogate objects,
-#: whose parameters are tested on both legs) ran on the first leg already.
-SKIP_SJ_INDEPENDENT = os.environ.get("SJP_SKIP_SJ_INDEPENDENT", "") not in ("", "0")
-#: Whole test files of that kind (the CUDA kernels' compile, emulation and model
-#: checks), counted as marked.
-SJ_INDEPENDENT_FILES = {
-    "test_cuda_emulation.py",
-    "test_cuda_emulation_ops.py",
-    "test_cuda_nvrtc.py",
-    "test_kernel_model.py",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    if not SKIP_SJ_INDEPENDENT:
-        return
-    skip = pytest.mark.skip(
-        reason="SJP_SKIP_SJ_INDEPENDENT: does not depend on the SpikingJelly version "
-        "(run on the other CI leg)"
-    )
-    for item in items:
-        if "sj_independent" in item.keywords or item.path.name in SJ_INDEPENDENT_FILES:
-            item.add_marker(skip)

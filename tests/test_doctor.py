@@ -82,8 +82,28 @@ def _check_problems(report: dict) -> None:
 
 
 # ------------------------------------------------------------- no CuPy installed
+def _fake_gpu(monkeypatch) -> None:
+    """A GPU as the doctor and the backend check see it (torch's device queries)."""
+    monkeypatch.setattr(D, "_gpus", lambda: ([FAKE_GPU], None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def _no_gpu(monkeypatch) -> None:
+    """No GPU, with torch's long driver message (as on a machine without a driver)."""
+    monkeypatch.setattr(D, "_gpus", lambda: ([], f"torch.cuda.init(): {DRIVER_MSG}"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+DRIVER_MSG = (
+    "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU "
+    "and installed a driver from http://www.nvidia.com/Download/index.aspx"
+)
+
+
 def test_no_cupy(monkeypatch, capsys):
+    """With a GPU and without CuPy: install CuPy."""
     _hide_cupy(monkeypatch)
+    _fake_gpu(monkeypatch)
     err = backends.cupy_import_error()
     assert isinstance(err, ModuleNotFoundError) and err.name == "cupy"
     assert not backends.cupy_available()
@@ -121,6 +141,32 @@ def test_no_cupy(monkeypatch, capsys):
     assert "cupy   cannot run: CuPy is not installed" in out
     assert "fix: install CuPy" in out
     assert main(["doctor", "--backend", "torch", "--no-compile"]) == 0
+
+
+def test_no_gpu_comes_before_no_cupy(monkeypatch, capsys):
+    """Without a GPU, installing CuPy cannot help: the missing GPU is the reason,
+    its fix is backend 'torch', and torch's long driver message is printed once."""
+    _hide_cupy(monkeypatch)
+    _no_gpu(monkeypatch)
+    report = sjp.doctor(backend="cupy")
+    _check_problems(report)
+    cupy = report["backends"]["cupy"]
+    assert cupy["reason"].startswith("no CUDA GPU (see GPUs)")
+    assert "CuPy is not installed either" in cupy["reason"]
+    assert "use backend='torch'" in cupy["fix"] and "pip install" not in cupy["fix"]
+    assert report["problems"][0]["severity"] == "error"
+    assert not any(p["what"] == "CuPy is not installed" for p in report["problems"])
+    assert main(["doctor", "--backend", "cupy"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("Found no NVIDIA driver") == 1, out
+    assert "cupy   cannot run: no CUDA GPU (see GPUs)" in out
+    assert "pip install cupy" not in out
+    # the same order in the error of the assignment
+    with pytest.raises(ImportError) as info:
+        sjp.PSN(4, backend="cupy")
+    msg = str(info.value)
+    assert msg.index("no CUDA GPU") < msg.index("not installed")
+    assert "use backend='torch'" in msg
 
 
 # ------------------------------------------- CuPy installed, import fails otherwise
@@ -191,6 +237,7 @@ BROKEN = {
 def test_cupy_import_fails_for_another_reason(kind, monkeypatch, tmp_path, capsys):
     stmt, etype, original, fix = BROKEN[kind]
     _broken_cupy(monkeypatch, tmp_path, stmt)
+    _fake_gpu(monkeypatch)
     err = backends.cupy_import_error()
     assert type(err) is etype
     reason, hint = backends.explain_cupy_error(err)
@@ -217,6 +264,18 @@ def test_cupy_import_fails_for_another_reason(kind, monkeypatch, tmp_path, capsy
     assert main(["doctor", "--backend", "cupy", "--no-compile"]) == 1
     assert original.rstrip(".") in capsys.readouterr().out
 
+    # without a GPU that is the reason; the broken CuPy is still reported
+    _no_gpu(monkeypatch)
+    report = sjp.doctor(nvrtc_compile=False)
+    assert report["backends"]["cupy"]["reason"] == "no CUDA GPU (see GPUs)"
+    broken = [p for p in report["problems"] if original.rstrip(".") in p["what"]]
+    assert broken and broken[0]["severity"] == "warning" and fix in broken[0]["fix"]
+    with pytest.raises(ImportError) as info:
+        sjp.MPEPSN(4, backend="cupy")
+    msg = str(info.value)
+    assert msg.index("no CUDA GPU") < msg.index("CuPy is installed but failed")
+    assert original in msg and fix in msg
+
 
 def test_several_cupy_wheels(monkeypatch):
     monkeypatch.setattr(
@@ -227,11 +286,17 @@ def test_several_cupy_wheels(monkeypatch):
     assert "pip uninstall -y cupy-cuda12x cupy-cuda13x" in fix
     # the same check when the import happens to succeed
     monkeypatch.setattr(backends, "cupy_import_error", lambda: None)
+    _fake_gpu(monkeypatch)
     report = sjp.doctor(nvrtc_compile=False)
     cupy = report["backends"]["cupy"]
     assert "several CuPy packages" in cupy["reason"]
     assert "pip uninstall -y cupy-cuda12x cupy-cuda13x" in cupy["fix"]
     assert report["problems"][0]["severity"] == "error"
+    _no_gpu(monkeypatch)  # a warning without a GPU
+    report = sjp.doctor(nvrtc_compile=False)
+    assert report["backends"]["cupy"]["reason"] == "no CUDA GPU (see GPUs)"
+    (p,) = [p for p in report["problems"] if "several CuPy" in p["what"]]
+    assert p["severity"] == "warning" and "pip uninstall" in p["fix"]
 
 
 def test_not_installed_hint_follows_torch_cuda(monkeypatch):
@@ -249,7 +314,7 @@ def test_missing_headers(monkeypatch):
     msg = str(info.value)
     assert "pip install nvidia-cuda-runtime-cu12" in msg and "CUDA_PATH" in msg
 
-    report = sjp.doctor(backend="cupy")
+    report = sjp.doctor(backend="cupy", arch="80")
     _check_problems(report)
     assert report["versions"]["cuda_headers"] == []
     hp = [p for p in report["problems"] if "CUDA headers" in p["what"]]
@@ -299,9 +364,27 @@ def test_report_on_this_machine(cpu_report):
     assert r["seconds"] < 60
 
 
+@pytest.mark.skipif(HAS_GPU, reason="describes a machine without a GPU")
+def test_no_compile_without_a_gpu_unless_asked(cpu_report, capsys):
+    """Compiling for an arch this machine cannot run says little: skipped, with the
+    command that does it anyway."""
+    assert cpu_report["compile"] == []
+    assert "--arch 80" in cpu_report["compile_skipped"]
+    text = D.format_report(cpu_report)
+    assert "Kernel compile: skipped (no GPU here; `python -m sj_parallel doctor " in (
+        text
+    )
+    assert " ok " not in text.split("Kernel compile")[1].split("Ops on the GPU")[0]
+
+
 @pytest.mark.skipif(not NVRTC or HAS_GPU, reason="needs CuPy's NVRTC; no GPU")
-def test_report_compiles_every_kernel_for_sm80(cpu_report):
-    (c,) = cpu_report["compile"]
+def test_report_compiles_every_kernel_for_sm80():
+    report = sjp.doctor(arch="80", run_ops=False)
+    (c,) = report["compile"]
+    text = D.format_report(report)
+    assert c["present"] is False
+    assert "Kernel compile for sm_80 (NVRTC" in text and "no sm_80 GPU here" in text
+    assert text.count("compiles for sm_80 ") == len(c["variants"])
     assert c["arch"] == "80" and c["error"] is None and c["ok"], c
     variants = C.kernel_variants(minimal=True)
     assert len(c["variants"]) == len(variants)
@@ -310,7 +393,7 @@ def test_report_compiles_every_kernel_for_sm80(cpu_report):
         assert row["dtype"] == str(dtype).replace("torch.", "")
         assert row["const"] == const
         assert row["ok"] and row["kernels"] == list(C.KERNELS[name]), row
-    assert cpu_report["versions"]["nvrtc"] == c["nvrtc"]
+    assert report["versions"]["nvrtc"] == c["nvrtc"]
     assert c["seconds"] < 30
 
 
@@ -571,3 +654,94 @@ def test_doctor_on_gpu(capsys):
     assert all(c["ok"] for c in report["compile"])
     assert main(["doctor", "--backend", "cupy"]) == 0
     print(D.format_report(report), file=sys.stderr)
+
+
+# ------------------------------------------------- issue 18: answers that mislead
+def test_dropped_arch_fix_names_only_what_is_missing(monkeypatch):
+    """``--arch 70`` with NVRTC 13: with CUDA 12's packages installed the fix says why
+    NVRTC 12 was not loaded instead of asking to install them again."""
+    installed = {"cupy-cuda12x": "14.2.0", "nvidia-cuda-nvrtc-cu12": "12.9.86"}
+    monkeypatch.setattr(D, "_dist_version", lambda name: installed.get(name))
+    fix = D._dropped_arch_fix(13, "70")
+    assert "pip install cupy" not in fix and "pip install nvidia" not in fix
+    assert "are installed, but this process loaded NVRTC 13" in fix
+    assert "CUDA 12 build of torch" in fix
+    del installed["nvidia-cuda-nvrtc-cu12"]
+    fix = D._dropped_arch_fix(13, "70")
+    assert "`pip install nvidia-cuda-nvrtc-cu12`" in fix
+    installed.clear()
+    assert "`pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12`" in (
+        D._dropped_arch_fix(13, "70")
+    )
+
+
+@pytest.mark.skipif(not NVRTC, reason="needs CuPy's NVRTC")
+def test_arch_70_with_nvrtc_13_on_this_machine():
+    from cupy_backends.cuda.libs import nvrtc
+
+    if 70 in tuple(int(a) for a in nvrtc.getSupportedArchs()):
+        pytest.skip("this NVRTC compiles for sm_70")
+    report = sjp.doctor(arch="70", run_ops=False)
+    (p,) = [p for p in report["problems"] if "sm_70" in p["what"]]
+    for pkg in ("cupy-cuda12x", "nvidia-cuda-nvrtc-cu12"):
+        if D._dist_version(pkg) is not None:
+            assert f"pip install {pkg}" not in p["fix"] and (
+                f"`pip install cupy-cuda12x {pkg}`" not in p["fix"]
+            )
+
+
+@pytest.mark.skipif(HAS_GPU, reason="describes a machine without a GPU")
+def test_cli_reports_true_wall_time():
+    """``(doctor ran in N s; M s since the process started, imports included)``: M
+    is the process's wall time, not only the doctor's own part."""
+    import re
+    import time
+
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_WAIT_POLICY="passive")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sj_parallel", "doctor"],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(
+        r"\(doctor ran in ([\d.]+) s; ([\d.]+) s since the process started, "
+        r"imports included\)",
+        proc.stdout,
+    )
+    assert m, proc.stdout[-500:]
+    own, total = float(m.group(1)), float(m.group(2))
+    assert own <= total <= wall + 0.5
+    assert total >= 0.5 * wall  # only the interpreter's exit comes after it
+
+
+# --------------------------------------------- the sample output in the docs
+DOC = os.path.join(ROOT, "docs", "cupy_backend.md")
+BEGIN, END = "<!-- doctor-sample: begin -->", "<!-- doctor-sample: end -->"
+
+
+def _doc_sample() -> str:
+    text = open(DOC).read()
+    block = text.split(BEGIN)[1].split(END)[0]
+    return block.split("```text\n")[1].split("```")[0]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="the sample is of a machine without a GPU")
+def test_docs_sample_output_is_generated():
+    """The sample report in docs/cupy_backend.md is what `python -m sj_parallel
+    doctor` prints on a machine without a GPU (paths, versions and times aside).
+    Refresh it with `python scripts/doctor_sample.py`."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import doctor_sample
+    finally:
+        sys.path.pop(0)
+    expect = doctor_sample.sample()
+    got = _doc_sample()
+    norm = doctor_sample.normalize
+    assert norm(got) == norm(expect), (
+        "docs/cupy_backend.md's doctor sample is stale: run "
+        "`python scripts/doctor_sample.py`"
+    )
+    assert "Kernel compile: skipped" in got and "no CUDA GPU (see GPUs)" in got

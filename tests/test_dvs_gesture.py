@@ -269,7 +269,26 @@ def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
     assert _metrics(tmp_path / "plain")[0]["train_loss"] != full[0]["train_loss"]
 
 
+def _evaluate_alone(out: Path):
+    """Test metrics of ``out/latest.pt`` evaluated in this one process."""
+    from _common import engine
+
+    ck = torch.load(out / "latest.pt", weights_only=False)
+    a = train.parse_args([])
+    vars(a).update(ck["args"])
+    _, test_set, classes = train.build_datasets(a, lambda *_: None)
+    net = train.build_net(a, classes)
+    net.load_state_dict(ck["model"])
+    loader = torch.utils.data.DataLoader(test_set, batch_size=a.batch_size)
+    return engine.evaluate(
+        net, net, loader, a, ck["epoch"], train.make_step(a, None, None)
+    )
+
+
 def test_torchrun_two_processes(cache, tmp_path):
+    """Two gloo processes: one set of logs, and every one of the 11 test samples
+    evaluated exactly once (DistributedSampler padded them to 12, counting one
+    twice); the accuracy equals one process's evaluation of the checkpoint."""
     out = tmp_path / "ddp"
     # make sure the synthetic data exists so both ranks only read it
     _train(*TINY, "--cache-dir", cache, "--out-dir", tmp_path / "warm", "--epochs", 1)
@@ -278,13 +297,65 @@ def test_torchrun_two_processes(cache, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          "--nproc_per_node", "2", str(EXAMPLE / "train.py"), *TINY,
          "--cache-dir", str(cache), "--out-dir", str(out), "--epochs", "2",
-         "--device", "cpu"],
+         "--device", "cpu", "--neuron", "mpe-psn"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len(_metrics(out)) == 2  # one set of logs, written by rank 0 only
+    rows = _metrics(out)
+    assert len(rows) == 2  # one set of logs, written by rank 0 only
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "latest.pt"]
     assert proc.stdout.count("test accuracy:") == 1
+    assert [r["test_samples"] for r in rows] == [11, 11]
+    alone = _evaluate_alone(out)
+    assert alone["test_samples"] == 11
+    for key in ("test_acc_deterministic", "test_acc_sampled"):
+        assert rows[-1][key] == alone[key], (key, rows[-1], alone)
+    assert rows[-1]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-5)
+
+
+def test_shards_hold_every_test_sample_once():
+    from _common import engine
+
+    for n in range(0, 40):
+        for world in range(1, 6):
+            shards = [list(engine.shard_indices(n, r, world)) for r in range(world)]
+            assert sorted(i for s in shards for i in s) == list(range(n))
+            sampler = engine.ShardSampler(n, world - 1, world)
+            assert list(sampler) == shards[-1] and len(sampler) == len(shards[-1])
+
+
+def _hide(monkeypatch, *modules):
+    """Make ``import module`` fail as if the package were not installed."""
+    for name in list(sys.modules):
+        if any(name == m or name.startswith(m + ".") for m in modules):
+            monkeypatch.delitem(sys.modules, name)
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+def test_runs_without_tensorboard_and_tqdm(cache, tmp_path, monkeypatch, capsys):
+    """`pip install .` without the example extra: a note at the start names the
+    extra, the run writes metrics.jsonl and checkpoints (it used to crash on
+    `import tensorboard` after building the dataset)."""
+    _hide(monkeypatch, "tensorboard", "torch.utils.tensorboard", "tqdm")
+    out = tmp_path / "run"
+    args = [a for a in TINY if a != "--no-progress"]
+    _train(*args, "--cache-dir", cache, "--out-dir", out, "--epochs", 1)
+    text = capsys.readouterr().out
+    first = text.index("note: TensorBoard logs off")
+    assert first < text.index("data:")  # before any work
+    assert 'pip install ".[example]"' in text and "note: the progress bar off" in text
+    assert len(_metrics(out)) == 1 and (out / "latest.pt").exists()
+    assert not (out / "tensorboard").exists()
+
+
+def test_missing_dataset_packages_fail_before_any_work(tmp_path, monkeypatch):
+    _hide(monkeypatch, "spikingjelly.datasets")
+    with pytest.raises(SystemExit) as info:
+        _train(*TINY, "--cache-dir", tmp_path / "c", "--out-dir", tmp_path / "o")
+    msg = str(info.value)
+    assert "spikingjelly.datasets" in msg and 'pip install ".[example]"' in msg
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
 
 
 def test_bad_paths_and_arguments(capsys, tmp_path):

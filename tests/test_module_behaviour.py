@@ -10,7 +10,6 @@ import torch
 from spikingjelly.activation_based import base, functional, layer, neuron
 
 import sj_parallel as sjp
-import sj_parallel.backends as backends
 from sj_parallel import _compat
 from sj_parallel import reference as ref
 
@@ -53,11 +52,9 @@ def test_set_step_mode_reset_and_backend():
         net(torch.randn(2, 6))
 
 
-def test_sj_functional_set_backend_accepts_our_names(monkeypatch):
+def test_sj_functional_set_backend_accepts_our_names(cupy_sees_a_gpu):
     if not hasattr(functional, "set_backend"):
         pytest.skip(f"SpikingJelly {_compat.SJ_VERSION} has no functional.set_backend")
-    # CuPy imports without a GPU; pretend it is there so the test needs neither
-    monkeypatch.setattr(backends, "cupy_available", lambda: True)
     net = _net()
     functional.set_backend(net, "cupy", instance=sjp.ParallelNeuron)
     assert [m.backend for m in net if isinstance(m, sjp.ParallelNeuron)] == ["cupy"] * 4
@@ -67,8 +64,7 @@ def test_sj_functional_set_backend_accepts_our_names(monkeypatch):
     ] * 4
 
 
-def test_our_set_backend_on_any_sj_version(monkeypatch):
-    monkeypatch.setattr(backends, "cupy_available", lambda: True)
+def test_our_set_backend_on_any_sj_version(cupy_sees_a_gpu):
     net = _net()
     assert sjp.set_backend(net, "cupy") == ["1", "3", "5", "7"]
     assert all(

@@ -344,14 +344,18 @@ def test_gradcheck_masked_weight_path():
         )
 
 
-def test_double_backward_is_refused_not_silently_wrong():
-    """The analytic backward is once-differentiable: a second derivative raises."""
+def test_double_backward_equals_reference():
+    """The backward is differentiable: a second derivative equals plain autograd's
+    (more cases in test_double_backward.py)."""
     m = sjp.PSN(4).double()
     m.surrogate_function = surrogate.Sigmoid(spiking=False)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(m(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(g.sum(), (x, m.weight), allow_unused=True)
+    got = torch.autograd.grad(g.sum(), (x, m.weight))
+    (g2,) = torch.autograd.grad(
+        ref.psn(x, m.weight, m.bias, m.surrogate_function).sum(), x, create_graph=True
+    )
+    torch.testing.assert_close(got, torch.autograd.grad(g2.sum(), (x, m.weight)))
 
 
 @pytest.mark.parametrize(

@@ -430,31 +430,6 @@ def test_benchmark_includes_triton_on_a_gpu(monkeypatch):
     )
 
 
-# ------------------------------------------------------------- the CI's one leg
-def test_sj_independent_tests_are_skipped_on_request():
-    """.ci/run's second SpikingJelly leg sets SJP_SKIP_SJ_INDEPENDENT=1: the tests
-    marked sj_independent (and the files of conftest.SJ_INDEPENDENT_FILES) are skipped
-    there, the others run."""
-    env = dict(os.environ, SJP_SKIP_SJ_INDEPENDENT="1", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-rs",
-        "-p",
-        "no:cacheprovider",
-        "tests/test_triton_static.py::test_problems_are_found",
-        "tests/test_kernel_model.py::test_no_spills_no_stack_and_half_occupancy",
-        "tests/test_triton_backend.py::test_registry_has_one_entry_per_backend",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "1 passed, 2 skipped" in proc.stdout
-    assert "SJP_SKIP_SJ_INDEPENDENT" in proc.stdout
-
-
 # ----------------------------------------------------------- memory for backward
 @needs_triton
 @pytest.mark.sj_independent

@@ -68,6 +68,11 @@ def test_doctor_with_the_interpreter_needs_no_gpu(monkeypatch):
     tri = report["backends"]["triton"]
     assert tri["ok"] and tri["interpreter"]
     assert "cpu (Triton's interpreter)" in tri["devices"]
+    # no GPU and no --arch: nothing is compiled for a GPU this machine lacks
+    assert tri["compile"] is None and "--arch 80" in tri["compile_skipped"]
+    assert "Triton compile: skipped" in D.format_report(report)
+    report = sjp.doctor(backend="triton", nvrtc_compile=True, run_ops=False, arch="80")
+    tri = report["backends"]["triton"]
     assert "TRITON_INTERPRET=1" in tri["compile"]["error"]  # nothing compiled
     assert not [p for p in report["problems"] if "triton" in p["what"].lower()]
     assert "triton can run (cpu (Triton's interpreter))" in D.format_report(report)
@@ -89,7 +94,7 @@ def test_failed_triton_compile_is_reported_with_a_fix(monkeypatch):
     assert not out["ok"] and len(out["kernels"]) == 6
     assert "ptxas fatal" in out["error"] and "--force-reinstall torch" in out["fix"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU "exists"
-    report = sjp.doctor(backend="triton", nvrtc_compile=True, run_ops=False)
+    report = sjp.doctor(backend="triton", nvrtc_compile=True, run_ops=False, arch="90")
     tri = report["backends"]["triton"]
     assert not tri["ok"] and "could not be compiled" in tri["reason"]
     assert report["problems"][0]["severity"] == "error"

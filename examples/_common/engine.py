@@ -11,15 +11,19 @@ hands a ``step`` function to :func:`fit`::
 :func:`fit` adds the MPE-PSN membrane loss, runs the optimizer, calls
 ``functional.reset_net`` after every batch, evaluates (for MPE-PSN twice: with the
 deterministic estimate and with sampling), writes ``metrics.jsonl``, TensorBoard
-scalars, ``latest.pt`` and ``best.pt``. ``--resume`` continues exactly where a run
-stopped: model, optimizer, scheduler, scaler, the global RNGs and every generator
-passed in ``rngs`` come back, and the shuffling order depends on the epoch only, so
-the metrics equal those of an uninterrupted run.
+scalars (when TensorBoard is installed; :func:`start_run` checks the optional
+packages before any work), ``latest.pt`` and ``best.pt``. Under ``torchrun`` every
+test sample is evaluated exactly once, whatever the number of processes
+(:func:`shard_indices`; the counts are summed over the processes). ``--resume``
+continues exactly where a run stopped: model, optimizer, scheduler, scaler, the
+global RNGs and every generator passed in ``rngs`` come back, and the shuffling order
+depends on the epoch only, so the metrics equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -111,6 +115,36 @@ def _setup_distributed(a) -> int:
     return world
 
 
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """The test samples process ``rank`` of ``world`` evaluates: every ``world``-th
+    from ``rank`` on. The shards are disjoint and together hold each of the ``n``
+    samples exactly once (``DistributedSampler`` pads them to equal sizes with
+    repeated samples instead, which would count those twice)."""
+    return range(rank, n, world)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Sequential sampler over :func:`shard_indices` (no padding, no shuffle)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = shard_indices(n, rank, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def sync_buffers(net: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics), so all of
+    them evaluate the model rank 0 checkpoints; DDP syncs buffers only before
+    training forward passes, each process then updates its own copy."""
+    if dist.is_initialized():
+        for b in net.buffers():
+            dist.broadcast(b, 0)
+
+
 # ------------------------------------------------------------------ checkpoint
 def save_atomic(obj, path: Path) -> None:
     """Write to a temporary file, then rename: a crash never leaves a broken file."""
@@ -158,9 +192,56 @@ class Run:
         self.log = print if is_main() else (lambda *_: None)
 
 
+#: optional packages of the examples: (module, what it gives, what runs without it)
+OPTIONAL = (
+    ("torch.utils.tensorboard", "TensorBoard logs", "the metrics go to metrics.jsonl"),
+    ("tqdm", "the progress bar", "no progress bar"),
+)
+EXTRA_HINT = (
+    '`pip install ".[example]"` from the repository root (or `pip install '
+    "tensorboard tqdm`)"
+)
+
+
+def require(module: str, what: str, fix: str) -> None:
+    """Exit before any work when ``module``, which the program cannot run without,
+    does not import: the error, what needs it and the command that installs it."""
+    try:
+        importlib.import_module(module)
+    except Exception as e:
+        raise SystemExit(
+            f"{what} needs {module}, which cannot be imported ({type(e).__name__}: "
+            f"{e}). Fix: {fix}"
+        ) from None
+
+
+def check_optional(a: argparse.Namespace, log=print) -> None:
+    """Check the optional packages before any work starts and switch off what needs
+    a missing one, with a note naming the extra to install (``a.tensorboard`` and
+    ``a.no_progress``); nothing fails later for a missing optional package."""
+    a.tensorboard = getattr(a, "tensorboard", True)
+    for module, gives, instead in OPTIONAL:
+        wanted = a.tensorboard if module.endswith("tensorboard") else not a.no_progress
+        if not wanted:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or a broken install of it
+            log(
+                f"note: {gives} off: {module.split('.')[-1]} cannot be imported "
+                f"({type(e).__name__}: {e}); {instead}. Install it with {EXTRA_HINT}"
+            )
+            if module.endswith("tensorboard"):
+                a.tensorboard = False
+            else:
+                a.no_progress = True
+
+
 def start_run(a: argparse.Namespace) -> Run:
-    """Distributed set-up, run-folder checks (never overwrite silently), seeds."""
+    """Distributed set-up, optional packages, run-folder checks (never overwrite
+    silently), seeds."""
     world = _setup_distributed(a)
+    check_optional(a, print if is_main() else (lambda *_: None))
     out = Path(a.out_dir)
     latest = out / "latest.pt"
     if is_main():
@@ -293,23 +374,40 @@ def fit(
     rngs = dict(rngs or {})
     out, log, world = run.out, run.log, run.world
 
-    def loader(ds, train):
+    def train_loader_of(ds):
         sampler = None
         if world > 1:
             sampler = torch.utils.data.distributed.DistributedSampler(
-                ds, shuffle=train, seed=a.seed
+                ds, shuffle=True, seed=a.seed
             )
         return torch.utils.data.DataLoader(
             ds,
             batch_size=a.batch_size,
-            shuffle=train and sampler is None,
+            shuffle=sampler is None,
             sampler=sampler,
             num_workers=a.workers,
-            drop_last=a.drop_last if train else a.test_drop_last,
-            generator=torch.Generator().manual_seed(a.seed) if train else None,
+            drop_last=a.drop_last,
+            generator=torch.Generator().manual_seed(a.seed),
         )
 
-    train_loader, test_loader = loader(train_set, True), loader(test_set, False)
+    def test_loader_of(ds):
+        """Every test sample exactly once over all processes (the same samples as
+        one process evaluates: with --test-drop-last, the whole batches of one)."""
+        n = len(ds)
+        if a.test_drop_last:
+            n -= n % a.batch_size
+        if world == 1:
+            if n < len(ds):
+                ds = torch.utils.data.Subset(ds, range(n))
+            return torch.utils.data.DataLoader(
+                ds, batch_size=a.batch_size, num_workers=a.workers
+            )
+        sampler = ShardSampler(n, dist.get_rank(), world)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.workers
+        )
+
+    train_loader, test_loader = train_loader_of(train_set), test_loader_of(test_set)
     dev = torch.device(a.device)
     net = net.to(dev)
     model = net
@@ -340,9 +438,10 @@ def fit(
         log(f"resumed from {latest} at epoch {start}")
     writer = None
     if is_main():
-        from torch.utils.tensorboard import SummaryWriter
+        if a.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+            writer = SummaryWriter(str(out / "tensorboard"))
         (out / "args.json").write_text(json.dumps(vars(a), indent=2))
     n_par = sum(p.numel() for p in net.parameters())
     log(f"model: {describe} ({n_par / 1e6:.3f} M parameters)")
@@ -363,7 +462,10 @@ def fit(
             rec["mem_loss_weight"] = mem_loss_weight(net, a, epoch)
         if epoch_info is not None:
             rec.update(epoch_info(epoch))
-        rec.update(evaluate(model, net, test_loader, a, epoch, step))
+        # every process evaluates rank 0's model (the one checkpointed) on its own
+        # shard of the test set, without DDP's wrapper (the shards differ in size)
+        sync_buffers(net)
+        rec.update(evaluate(net, net, test_loader, a, epoch, step))
         test_acc = rec["test_acc"]
         best = max(best, test_acc)
         rec["best_test_acc"] = best
@@ -373,8 +475,9 @@ def fit(
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             for k, v in rec.items():
-                if k.startswith(("train_", "test_")) and k != "test_samples":
-                    writer.add_scalar(k, v, epoch)
+                if writer is not None and k.startswith(("train_", "test_")):
+                    if k != "test_samples":
+                        writer.add_scalar(k, v, epoch)
             ck = {
                 "model": net.state_dict(),
                 "optimizer": opt.state_dict(),

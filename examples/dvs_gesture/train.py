@@ -454,8 +454,18 @@ def make_step(a: argparse.Namespace, aug_gen, mixer):
     return step
 
 
+DATA_FIX = (
+    '`pip install ".[example]"` (h5py) and `pip install -r '
+    "scripts/requirements-spikingjelly.txt`, plus torchvision and (SpikingJelly "
+    "2.0) torchaudio builds that match your torch; `bash scripts/install.sh` installs "
+    "all of it in a fresh environment"
+)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    # before any data is generated or converted
+    engine.require("spikingjelly.datasets", "SpikingJelly's dataset loaders", DATA_FIX)
     run = engine.start_run(a)
     try:
         train_set, test_set, classes = build_datasets(a, run.log)

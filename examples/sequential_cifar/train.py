@@ -208,6 +208,13 @@ def make_step(a: argparse.Namespace, mixer):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    engine.require(
+        "torchvision",
+        "The sequential CIFAR example (datasets and augmentation)",
+        "install the torchvision build that matches your torch (`pip install "
+        'torchvision`; `bash scripts/install.sh` pins both), and `pip install ".'
+        '[example]"` for TensorBoard logs and the progress bar',
+    )
     run = engine.start_run(a)
     train_set, test_set = build_datasets(a, run.log)
     classes = CLASSES[a.dataset]

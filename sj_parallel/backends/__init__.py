@@ -9,9 +9,15 @@ CUDA/ROCm tensors (multi-step mode) and needs Triton (shipped with torch's GPU w
 it takes and how to install it; :func:`get_backend` and
 :func:`check_backend_available` dispatch through it.
 
-Nothing falls back from one backend to another: when a backend cannot be used, the
-error names the real reason (the original exception chained as ``__cause__``) and a
-fix. ``python -m sj_parallel doctor`` prints a full report.
+Nothing falls back from one backend to another. A backend that cannot run on this
+machine is refused when it is assigned (constructor, ``.backend = ...``,
+:func:`sj_parallel.set_backend`), with the real reason, a fix, and the original
+exception chained as ``__cause__``: ``"cupy"`` needs CuPy to import (else an
+``ImportError``) and CuPy to see a CUDA device (else a ``RuntimeError``; a missing
+GPU is named before a missing CuPy, which could not help); ``"triton"`` needs Triton
+to import (else an ``ImportError``) and torch to see a GPU, or Triton's interpreter
+(else a ``RuntimeError``). The device of the actual input is checked at every
+forward pass. ``python -m sj_parallel doctor`` prints a full report.
 """
 
 from __future__ import annotations
@@ -193,10 +199,153 @@ def cupy_unavailable_message(err: Optional[BaseException]) -> str:
     return f"backend 'cupy' cannot be used: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
 
 
+def short_reason(message: str) -> str:
+    """The first sentence of an error message (torch's and CUDA's driver messages go
+    on with advice that does not fit on a line)."""
+    text = " ".join(str(message).split())
+    m = re.match(r"(.+?[.!])(\s|$)", text)
+    return m.group(1).rstrip(".") if m else text
+
+
+def torch_gpu_problem() -> Optional[Tuple[str, Optional[BaseException]]]:
+    """``(reason, cause)`` when torch sees no CUDA (or ROCm) GPU, else ``None``;
+    ``cause`` is the exception of ``torch.cuda.init()`` when it raised."""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build", None
+    if torch.cuda.is_available():
+        return None
+    try:
+        torch.cuda.init()  # raises with the reason
+    except Exception as e:
+        return f"torch: {short_reason(str(e))}", e
+    return "torch.cuda.is_available() is False", None
+
+
+def torch_gpu_reason() -> Optional[str]:
+    """Why torch sees no CUDA (or ROCm) GPU, or ``None`` when it sees one."""
+    problem = torch_gpu_problem()
+    return None if problem is None else problem[0]
+
+
+class _NoDevice(RuntimeError):
+    """CuPy answered, but with zero devices."""
+
+
+@functools.cache
+def cupy_device_error() -> Optional[BaseException]:
+    """Why CuPy cannot use a CUDA device, or ``None`` when it sees one.
+
+    Asks ``cupy.cuda.runtime.getDeviceCount()`` (which raises
+    ``CUDARuntimeError`` without a driver); zero devices is reported as a
+    ``RuntimeError`` too. Needs CuPy to import. Cached like
+    :func:`cupy_import_error` (``cupy_device_error.cache_clear()`` forgets it).
+
+    :rtype: Optional[BaseException]
+    """
+    import cupy
+
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return e
+    if n < 1:
+        return _NoDevice("cupy.cuda.runtime.getDeviceCount() returned 0")
+    return None
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def explain_cupy_device_error(err: BaseException) -> Tuple[str, str]:
+    """``(reason, fix)`` for an error of :func:`cupy_device_error`."""
+    use_torch = "use backend='torch' (the default) on this machine"
+    msg = short_reason(str(err))
+    if isinstance(err, _NoDevice):
+        return (
+            "no CUDA GPU: CuPy sees no device (getDeviceCount() is 0)",
+            f"{use_torch}; if the machine has a GPU, check CUDA_VISIBLE_DEVICES and, "
+            "in a container, that it was started with GPU access (e.g. `docker run "
+            "--gpus all`)",
+        )
+    if "InsufficientDriver" in msg or "insufficient" in msg.lower():
+        try:
+            import cupy
+
+            driver = cupy.cuda.runtime.driverGetVersion()
+            runtime = cupy.cuda.runtime.runtimeGetVersion()
+        except Exception:  # pragma: no cover - the query itself failed
+            driver, runtime = 0, 0
+        if not driver:
+            return (
+                f"no CUDA GPU: no NVIDIA driver is installed (CUDA reports {msg} "
+                "when there is none)",
+                f"{use_torch}; on a machine with an NVIDIA GPU, install its driver "
+                "(`nvidia-smi` must list the GPU)",
+            )
+        return (
+            f"no usable CUDA GPU: the NVIDIA driver supports CUDA "
+            f"{_cuda_version(driver)}, older than the CUDA "
+            f"{_cuda_version(runtime) if runtime else '?'} runtime of this CuPy wheel "
+            f"({msg})",
+            "install the CuPy wheel for the CUDA version `nvidia-smi` shows (e.g. "
+            "`pip uninstall -y cupy-cuda13x && pip install cupy-cuda12x`), or "
+            f"upgrade the driver; or {use_torch}",
+        )
+    if "NoDevice" in msg or "no CUDA-capable device" in msg:
+        return (
+            f"no CUDA GPU: {msg}",
+            f"{use_torch}; if the machine has a GPU, check CUDA_VISIBLE_DEVICES and "
+            "the driver (`nvidia-smi`)",
+        )
+    return (
+        f"CuPy cannot use the GPU: {type(err).__name__}: {msg}",
+        f"check the driver with `nvidia-smi`; {use_torch} meanwhile",
+    )
+
+
 def _check_cupy() -> None:
+    """Raise when 'cupy' cannot run here: CuPy must import and see a CUDA device. A
+    missing GPU is reported first (installing CuPy cannot help without one).
+
+    :raises ImportError: CuPy does not import (the missing GPU named first, if torch
+        sees none); the original exception chained
+    :raises RuntimeError: CuPy imports but sees no CUDA device (no driver, a driver
+        too old for CuPy's CUDA, no visible device); the exception of
+        ``cupy.cuda.runtime.getDeviceCount()`` chained
+    """
     if not cupy_available():
         err = cupy_import_error()
-        raise ImportError(cupy_unavailable_message(err)) from err
+        gpu = torch_gpu_reason()
+        if gpu is None:
+            raise ImportError(cupy_unavailable_message(err)) from err
+        raise ImportError(no_gpu_message(gpu, err)) from err
+    dev = cupy_device_error()
+    if dev is not None:
+        reason, fix = explain_cupy_device_error(dev)
+        raise RuntimeError(
+            f"backend 'cupy' cannot run here: {reason}. Fix: {fix}. {_DOCTOR_HINT}"
+        ) from dev
+
+
+def no_gpu_message(gpu_reason: str, err: Optional[BaseException]) -> str:
+    """The message for backend 'cupy' without a GPU and without a working CuPy: the
+    missing GPU first (its fix is backend 'torch'), then what CuPy would need."""
+    if err is None:
+        reason, fix = "CuPy is not installed", cupy_install_hint()
+    else:
+        reason, fix = explain_cupy_error(err)
+    head = f"backend 'cupy' cannot run here: no CUDA GPU ({gpu_reason})"
+    use_torch = "use backend='torch' (the default) on this machine"
+    if reason == "CuPy is not installed":
+        return (
+            f"{head}, and CuPy, which it needs as well, is not installed. Fix: "
+            f"{use_torch}; on a machine with an NVIDIA GPU, {fix}. {_DOCTOR_HINT}"
+        )
+    return (
+        f"{head}. Fix: {use_torch}. Besides that, {reason}. Fix for that: {fix}. "
+        + _DOCTOR_HINT
+    )
 
 
 def _check_cupy_tensor(x: torch.Tensor) -> None:
@@ -260,7 +409,10 @@ def explain_triton_error(err: BaseException) -> Tuple[str, str]:
 def triton_gpu_problem() -> Optional[Tuple[str, str, Optional[BaseException]]]:
     """``(reason, fix, cause)`` when torch sees no CUDA/ROCm GPU for Triton (and the
     interpreter is off), else ``None``."""
-    if triton_interpreting() or torch.cuda.is_available():
+    if triton_interpreting():
+        return None
+    problem = torch_gpu_problem()
+    if problem is None:
         return None
     fix = (
         "the triton backend needs an NVIDIA GPU (compute capability 8.0 or newer for "
@@ -269,13 +421,8 @@ def triton_gpu_problem() -> Optional[Tuple[str, str, Optional[BaseException]]]:
         "TRITON_INTERPRET=1 set before sj_parallel is imported runs the kernels on CPU "
         "tensors through Triton's interpreter (slow)"
     )
-    if torch.version.cuda is None and torch.version.hip is None:
-        return f"this torch ({torch.__version__}) is a CPU-only build", fix, None
-    try:
-        torch.cuda.init()  # raises with the reason
-    except Exception as e:
-        return f"torch sees no GPU: {e}", fix, e
-    return "torch sees no GPU (torch.cuda.is_available() is False)", fix, None
+    reason, cause = problem
+    return reason, fix, cause
 
 
 def _check_triton() -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _cuda as C
+from ._autograd import forbid_double_backward
 
 if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
     raise ImportError("backend 'cupy' needs torch >= 2.4 (torch.library.custom_op)")
@@ -136,6 +137,7 @@ def _psn_setup(ctx, inputs, output):
 
 def _psn_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
+    forbid_double_backward("PSN", "cupy", x, weight, bias, grad_s)
     gx, gW, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gW, gb, None, None, None, None
 
@@ -244,6 +246,7 @@ def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
 
 def _sliding_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
+    forbid_double_backward("SlidingPSN", "cupy", x, weight, bias, grad_s)
     gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
@@ -429,6 +432,7 @@ def _mpe_setup(ctx, inputs, output):
 
 def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
     x, v, u_hat0, u0 = ctx.saved_tensors
+    forbid_double_backward("MPEPSN", "cupy", x, v, u_hat0, u0, g_s, g_mse, g_uhl, g_ul)
     tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
     if g_s is None:
         g_s = torch.zeros_like(x)

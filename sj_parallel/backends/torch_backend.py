@@ -24,16 +24,24 @@ Half-precision inputs are computed in float32 and converted back; autocast is
 disabled inside so the dtype policy of :mod:`sj_parallel.functional` holds.
 All functions take flattened ``[T, M]`` inputs; validation happens in
 :mod:`sj_parallel.functional`.
+
+Second derivatives: a backward that runs with ``create_graph=True`` (a gradient
+penalty, ``torch.autograd.grad(..., create_graph=True)``) recomputes the forward
+with the plain-autograd math of :mod:`sj_parallel.reference` and differentiates it
+with ``create_graph=True``, so its result is differentiable and every second-order
+gradient equals the reference's. Under ``torch.func`` transforms the functions run
+the reference math directly (what those transforms support is then what the
+SpikingJelly surrogate supports). First-order backward passes keep the analytic,
+memory-lean path.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import reference as ref
 
@@ -182,6 +190,83 @@ def spike(surrogate_function: Surrogate, h: torch.Tensor) -> torch.Tensor:
     return surrogate_function(h)
 
 
+# ------------------------------------------------------- second derivatives
+def functorch_active() -> bool:
+    """True inside a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``...)."""
+    return ref._functorch_active()
+
+
+def _differentiable_backward(
+    fn: Callable[..., object],
+    inputs: Sequence[Optional[torch.Tensor]],
+    need: Sequence[bool],
+    grad_outputs: Sequence[Optional[torch.Tensor]],
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """The backward of ``fn(*inputs)`` as a differentiable function of the inputs and
+    of ``grad_outputs``: ``fn`` recomputes the forward with plain autograd, which is
+    then differentiated with ``create_graph=True``. Used when a backward runs with
+    grad mode on (``create_graph=True``)."""
+    with torch.enable_grad():
+        ins = [
+            t.detach() if isinstance(t, torch.Tensor) and not n else t
+            for t, n in zip(inputs, need)
+        ]
+        outs = fn(*ins)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        pairs = [
+            (o, g)
+            for o, g in zip(outs, grad_outputs)
+            if g is not None and o.requires_grad
+        ]
+        wrt = [t for t, n in zip(ins, need) if n]
+        got = iter(())
+        if pairs and wrt:
+            got = iter(
+                torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    wrt,
+                    [g for _, g in pairs],
+                    create_graph=True,
+                    allow_unused=True,
+                )
+            )
+    return tuple(next(got) if n else None for n in need)
+
+
+def _psn_autograd(x, weight, bias, surrogate_function):
+    """Dense PSN in plain autograd (:func:`sj_parallel.reference.psn`) in the compute
+    dtype; spikes in ``x``'s dtype."""
+    cd = compute_dtype(x.dtype)
+    with _NoAutocast(x.device.type):
+        s = ref.psn(_as(x, cd), _as(weight, cd), _as(bias, cd), surrogate_function)
+    return _as(s, x.dtype)
+
+
+def _sliding_autograd(x, weight, bias, surrogate_function):
+    """Sliding PSN in plain autograd (:func:`sj_parallel.reference.sliding_psn`)."""
+    cd = compute_dtype(x.dtype)
+    with _NoAutocast(x.device.type):
+        s = ref.sliding_psn(
+            _as(x, cd), _as(weight, cd), _as(bias, cd), surrogate_function
+        )
+    return _as(s, x.dtype)
+
+
+def _mpe_autograd(x, v_th, u_hat0, u0, cfg):
+    """MPE-PSN in plain autograd (:func:`sj_parallel.reference.mpe_psn`): the same
+    outputs, dtypes and samples as :class:`MPEPSNFunction`."""
+    tau, sg, estimate_from, stochastic, seed, t0 = cfg
+    cd = compute_dtype(x.dtype)
+    with _NoAutocast(x.device.type):
+        s, mse, uhl, ul = ref.mpe_psn(
+            _as(x, cd), _as(v_th, cd), tau, sg, estimate_from=estimate_from,
+            stochastic=stochastic, seed=seed, t0=t0,
+            u_hat0=None if u_hat0 is None else _as(u_hat0, cd),
+            u0=None if u0 is None else _as(u0, cd),
+        )  # fmt: skip
+    return _as(s, x.dtype), mse, _as(uhl, x.dtype), _as(ul, x.dtype)
+
+
 # ------------------------------------------------------------------- chunking
 #: On the CPU every op streams over ``[T, CHUNK]`` column blocks of about this many
 #: elements, so the chain of ops on a block stays in cache: neurons (columns) are
@@ -280,9 +365,15 @@ class PSNFunction(torch.autograd.Function):
         return s
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_s):
         x, weight, bias, *kept = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            sg = ctx.surrogate_function
+            grads = _differentiable_backward(
+                lambda x, w, b: _psn_autograd(x, w, b, sg),
+                (x, weight, bias), ctx.needs_input_grad[:3], (grad_s,),
+            )  # fmt: skip
+            return grads + (None, None)
         gx, gw, gb = _dense_backward(
             ctx, grad_s, x, weight, bias, kept[0] if kept else None,
             ctx.needs_input_grad[:3],
@@ -304,17 +395,30 @@ def psn(
     memory: str = "lean",
 ) -> torch.Tensor:
     """Dense PSN on ``x`` ``[T, M]`` (also serves masked PSN with its masked weight)."""
+    if functorch_active():
+        return _psn_autograd(x, weight, bias, surrogate_function)
     keep_h = resolve_memory(memory, x.shape[1]) == "fast"
     return PSNFunction.apply(x, weight, bias, surrogate_function, keep_h)
 
 
-@functools.lru_cache(maxsize=64)
-def _toeplitz_index(T: int, k: int, device: torch.device):
+def _toeplitz_index_of(T: int, k: int, device: torch.device):
     """``(idx, valid)``: ``Wg[i][j] = w[idx[i][j]]`` where ``valid`` (0 <= i-j < k)."""
     i = torch.arange(T, device=device).unsqueeze(1)
     d = i - i.t()
     valid = (d >= 0) & (d <= k - 1)
     return (k - 1 - d).clamp_(0, k - 1), valid
+
+
+_toeplitz_index_cached = functools.lru_cache(maxsize=64)(_toeplitz_index_of)
+
+
+def _toeplitz_index(T: int, k: int, device: torch.device):
+    """:func:`_toeplitz_index_of`, cached in eager mode (it is built once per shape
+    instead of per call); ``torch.compile`` traces the uncached function (Dynamo
+    ignores caches and warns about them) and folds it into the graph."""
+    if ref._is_compiling():
+        return _toeplitz_index_of(T, k, device)
+    return _toeplitz_index_cached(T, k, device)
 
 
 def _band_sums(g: torch.Tensor, k: int) -> torch.Tensor:
@@ -343,14 +447,20 @@ class SlidingPSNFunction(torch.autograd.Function):
         bg = bias.to(cd).reshape(1, 1)
         s, h = _dense_forward(x, wg, bg, surrogate_function, keep_h)
         ctx.surrogate_function = surrogate_function
-        ctx.save_for_backward(x, wg, bias, *([h] if keep_h else []))
+        ctx.save_for_backward(x, wg, weight, bias, *([h] if keep_h else []))
         ctx.weight_meta = (weight.dtype, k)
         return s
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_s):
-        x, wg, bias, *kept = ctx.saved_tensors
+        x, wg, weight, bias, *kept = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            sg = ctx.surrogate_function
+            grads = _differentiable_backward(
+                lambda x, w, b: _sliding_autograd(x, w, b, sg),
+                (x, weight, bias), ctx.needs_input_grad[:3], (grad_s,),
+            )  # fmt: skip
+            return grads + (None, None)
         w_dtype, k = ctx.weight_meta
         need = ctx.needs_input_grad
         gx, gwg, gb = _dense_backward(
@@ -372,6 +482,8 @@ def sliding_psn(
 ) -> torch.Tensor:
     """Sliding PSN on ``x`` ``[T, M]`` of any length through the ``[T, T]`` Toeplitz
     matrix (tiny next to ``X``); ``bias`` is 0-dim."""
+    if functorch_active():
+        return _sliding_autograd(x, weight, bias, surrogate_function)
     keep_h = resolve_memory(memory, x.shape[1]) == "fast"
     return SlidingPSNFunction.apply(x, weight, bias, surrogate_function, keep_h)
 
@@ -381,13 +493,48 @@ def sliding_psn(
 # float output and products with the mask are several times faster on the CPU than
 # bool masks with masked_fill/where, and (1 - s) h is then the same expression for a
 # binary spike and for a smooth stand-in for Θ.
+def _bernoulli_op():
+    """``sj_parallel::mpe_bernoulli``: :func:`sj_parallel.reference.mpe_bernoulli` as
+    a custom op, opaque to ``torch.compile``, so compiled graphs draw the samples with
+    exactly the code (and roundings) of eager mode on every device. None on torch
+    without ``torch.library.custom_op``."""
+    if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
+        return None
+
+    @torch.library.custom_op("sj_parallel::mpe_bernoulli", mutates_args=())
+    def mpe_bernoulli(
+        x: torch.Tensor, seed_lo: int, seed_hi: int, t0: int, M: int, c0: int
+    ) -> torch.Tensor:
+        return ref.mpe_bernoulli(x, (seed_lo, seed_hi), t0, M=M, c0=c0)
+
+    @mpe_bernoulli.register_fake
+    def _(x, seed_lo, seed_hi, t0, M, c0):
+        return torch.empty_like(x)
+
+    return mpe_bernoulli
+
+
+_BERNOULLI_OP = _bernoulli_op()
+
+
+def mpe_samples(
+    x: torch.Tensor, seed: Tuple[int, int], t0: int, M: int, c0: int
+) -> torch.Tensor:
+    """The Bernoulli samples of columns ``c0 ..`` of a layer of ``M`` neurons (0/1 in
+    ``x``'s dtype): :func:`sj_parallel.reference.mpe_bernoulli`, through the custom op
+    while ``torch.compile`` traces (so compiled and eager draws are identical)."""
+    if _BERNOULLI_OP is not None and ref._is_compiling():
+        return _BERNOULLI_OP(x.detach(), int(seed[0]), int(seed[1]), t0, M, c0)
+    return ref.mpe_bernoulli(x, seed, t0, M=M, c0=c0)
+
+
 def _mpe_estimate(xc, stochastic, seed, t0, M, c0, kept):
     """``(û, b, p)`` of columns ``c0 ..`` in the compute dtype; ``kept`` (uint8)
     reuses the samples kept by forward (sample ``(t, m)`` has global index
     ``(t0 + t) M + c0 + m``)."""
     if stochastic:
         if kept is None:
-            b = ref.mpe_bernoulli(xc, seed, t0, M=M, c0=c0)
+            b = mpe_samples(xc, seed, t0, M, c0)
         else:
             b = kept.to(xc.dtype)
         return torch.addcmul(xc, xc, b, value=-1.0), b, None  # (1 - b) x
@@ -587,15 +734,22 @@ class MPEPSNFunction(torch.autograd.Function):
             mse = torch.zeros(T, dtype=cd, device=x.device)
         ctx.save_for_backward(x, v_th, u_hat0, u0, mask)
         ctx.cfg = cfg
+        ctx.need_mse = need_mse
         if not need_mse:
             ctx.mark_non_differentiable(mse)
         return spikes, mse, u_hat_last, u_last
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_s, g_mse, g_uhl, g_ul):
         x, v_th, u_hat0, u0, mask = ctx.saved_tensors
         cfg = ctx.cfg
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            grads = _differentiable_backward(
+                lambda x, v, uh0, u0: _mpe_autograd(x, v, uh0, u0, cfg),
+                (x, v_th, u_hat0, u0), ctx.needs_input_grad[:4],
+                (g_s, g_mse if ctx.need_mse else None, g_uhl, g_ul),
+            )  # fmt: skip
+            return grads + (None,) * 8
         T, M = x.shape
         cd = compute_dtype(x.dtype)
         v = _as(v_th, cd)
@@ -660,6 +814,11 @@ def mpe_psn(
     memory: str = "lean",
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """MPE-PSN on ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`."""
+    if functorch_active():
+        cfg = (float(tau), surrogate_function, estimate_from, bool(stochastic),
+               (int(seed[0]), int(seed[1])), int(t0))  # fmt: skip
+        s, mse, uhl, ul = _mpe_autograd(x, v_threshold, u_hat0, u0, cfg)
+        return s, (mse if need_mse else torch.zeros_like(mse).detach()), uhl, ul
     keep_mask = resolve_memory(memory, x.shape[1], "mpe") == "fast"
     return MPEPSNFunction.apply(
         x,

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .. import triton as K
 from ..triton import common as _common
+from ._autograd import forbid_double_backward
 from ._surrogates import surrogate_params
 
 Surrogate = Callable[[Tensor], Tensor]
@@ -134,20 +135,6 @@ def _check(x: Tensor, name: str) -> Tensor:
     return x.contiguous()
 
 
-def _forbid_double_backward(name: str, *tensors: Optional[Tensor]) -> None:
-    """The fused kernels have no second derivatives: refuse to build a graph that
-    would need them (``create_graph=True`` with a gradient that requires grad)."""
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in tensors
-    ):
-        raise RuntimeError(
-            f"{name} with backend 'triton' has no second derivatives (double "
-            "backward, e.g. torch.autograd.grad(..., create_graph=True) through it); "
-            "use backend='torch' or the functions of sj_parallel.reference for "
-            "higher-order gradients"
-        )
-
-
 # ----------------------------------------------------------------------------- PSN
 @_op("sj_parallel::triton_psn_forward")
 def psn_forward(
@@ -225,7 +212,7 @@ def _psn_setup(ctx, inputs, output):
 
 def _psn_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
-    _forbid_double_backward("PSN/MaskedPSN", grad_s, x, weight, bias)
+    forbid_double_backward("PSN/MaskedPSN", "triton", grad_s, x, weight, bias)
     gx, gw, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
@@ -326,7 +313,7 @@ def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
 
 def _sliding_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
-    _forbid_double_backward("SlidingPSN", grad_s, x, weight, bias)
+    forbid_double_backward("SlidingPSN", "triton", grad_s, x, weight, bias)
     gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
@@ -495,7 +482,9 @@ def _mpe_setup(ctx, inputs, output):
 
 def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
     x, v, u_hat0, u0 = ctx.saved_tensors
-    _forbid_double_backward("MPEPSN", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
+    forbid_double_backward(
+        "MPEPSN", "triton", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0
+    )
     tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
     if g_s is None:
         g_s = torch.zeros_like(x)
