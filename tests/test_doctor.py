@@ -83,9 +83,15 @@ def _check_problems(report: dict) -> None:
 
 # ------------------------------------------------------------- no CuPy installed
 def _fake_gpu(monkeypatch) -> None:
-    """A GPU as the doctor and the backend check see it (torch's device queries)."""
+    """A GPU as the doctor and the backend check see it (torch's device queries).
+
+    Triton is reported as not installed: these tests are about backend 'cupy', and
+    Triton would otherwise compile for the fake GPU and try to run its ops on it
+    (tests/test_triton_doctor.py covers the Triton section)."""
     monkeypatch.setattr(D, "_gpus", lambda: ([FAKE_GPU], None))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    no_triton = ModuleNotFoundError("No module named 'triton'", name="triton")
+    monkeypatch.setattr(backends, "triton_import_error", lambda: no_triton)
 
 
 def _no_gpu(monkeypatch) -> None:

@@ -134,13 +134,20 @@ def test_single_step_equals_multi_step(which):
 @needs_triton
 @pytest.mark.sj_independent
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_all_four_neurons(compiler):
-    """fullgraph=True: the ops stay in the graph (no graph break), with the values and
-    gradients of eager mode. Without a GPU this traces the custom_op route, whose fake
-    implementations give the shapes, and runs the kernels in Triton's interpreter.
-    (With inductor the net has no Linear layers: inductor would compile them with
-    another float32 summation order, and with a handful of neurons one Bernoulli draw
-    flipped by an ulp of the input moves the membrane loss by percents.)"""
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_torch_compile_fullgraph_all_four_neurons(compiler, mode):
+    """The ops stay in the graph, with the values and gradients of eager mode.
+    Without a GPU this traces the custom_op route, whose fake implementations give
+    the shapes, and runs the kernels in Triton's interpreter.
+
+    fullgraph=True holds for all four neurons in eval mode, and in training mode for
+    the PSN family; a training MPE-PSN draws its sequence's seed outside the graph
+    (one deliberate graph break, so that compiled and eager runs draw the same
+    samples), so the training net is compiled without fullgraph and must still
+    equal eager bitwise. (With inductor the net has no Linear layers: inductor would
+    compile them with another float32 summation order, and with a handful of neurons
+    one Bernoulli draw flipped by an ulp of the input moves the membrane loss by
+    percents.)"""
     a, _ = _pair()
     T = 4
     x = torch.randn(T, 3, 6, device=DEVICE)
@@ -155,15 +162,26 @@ def test_torch_compile_fullgraph_all_four_neurons(compiler):
         functional.set_step_mode(a, "m")
         a.to(DEVICE)
         x = x * 3
-    a.train()
+    getattr(a, mode)()
     expect = _train_step(a, x)
     torch._dynamo.reset()
-    compiled = torch.compile(a, fullgraph=True, backend=compiler)
+    compiled = torch.compile(a, fullgraph=mode == "eval", backend=compiler)
     got = _train_step(compiled, x)
     assert torch.equal(got[0], expect[0])
     assert len(got[2]) == len(expect[2]) > 0
     for u, v in zip([got[1]] + got[2], [expect[1]] + expect[2]):
         torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-7)
+    if mode == "train":  # the PSN family alone: one graph, fullgraph=True
+        psn_family = torch.nn.Sequential(
+            *[m for m in a if not isinstance(m, sjp.MPEPSN)]
+        )
+        expect = _train_step(psn_family, x)
+        torch._dynamo.reset()
+        compiled = torch.compile(psn_family, fullgraph=True, backend=compiler)
+        got = _train_step(compiled, x)
+        assert torch.equal(got[0], expect[0])
+        for u, v in zip([got[1]] + got[2], [expect[1]] + expect[2]):
+            torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-7)
 
 
 @needs_triton
