@@ -419,6 +419,13 @@ def measure(v: C.KernelVariant, kernel: str) -> Dict[str, float]:
     }
 
 
+def _reduce(n: int, grid: int = 1):
+    """Scratch and (zero) ticket counters of a launch that sums ``n`` values over its
+    blocks."""
+    work = torch.empty(C.reduce_workspace(grid, n))
+    return work, torch.zeros(C.reduce_counters(grid), dtype=torch.int32)
+
+
 def _launch(lib, v, kernel, T, M, block, smem):
     dt = v.dtype
 
@@ -434,8 +441,8 @@ def _launch(lib, v, kernel, T, M, block, smem):
             lib.launch(kernel, 1, block, x, W, b, torch_empty(T, M), M, smem=smem)
         else:
             lib.launch(kernel, 1, block, x, g, W, b, torch_empty(T, M),
-                       torch.empty(1, T, T), torch.empty(1, T), M, a, c, d,
-                       smem=smem)  # fmt: skip
+                       torch.empty(T, T), torch.empty(T), *_reduce(T * T + T), M,
+                       a, c, d, smem=smem)  # fmt: skip
     elif v.name == "sliding":
         k = v.const
         w, b = torch.randn(k), torch.tensor([0.1])
@@ -444,18 +451,19 @@ def _launch(lib, v, kernel, T, M, block, smem):
                        smem=smem)  # fmt: skip
         else:
             lib.launch(kernel, 1, block, x, g, w, b, torch_empty(T, M),
-                       torch.empty(1, k + 1), M, T, a, c, d, smem=smem)  # fmt: skip
+                       torch.empty(k), torch.empty(1), *_reduce(k + 1), M, T, a, c, d,
+                       smem=smem)  # fmt: skip
     else:
         v_th = torch.tensor([0.8])
         if kernel == "sjp_mpe_forward":
             lib.launch(kernel, 1, block, x, None, None, torch_empty(T, M),
-                       torch_empty(M), torch_empty(M),
-                       torch.empty(1, T), v_th, M, T, 0.25, 1, 2, 0,
-                       smem=smem)  # fmt: skip
+                       torch_empty(M), torch_empty(M), torch.empty(T), *_reduce(T),
+                       v_th, M, T, 0.25, 1, 2, 0, smem=smem)  # fmt: skip
         else:
             lib.launch(kernel, 1, block, x, None, None, g, torch.ones(T), None, None,
-                       torch_empty(T, M), None, None, torch.empty(1), v_th,
-                       M, T, 0.25, 1, 2, 0, 1.0, 0.0, 0.0, smem=smem)  # fmt: skip
+                       torch_empty(T, M), None, None, torch.empty(1), *_reduce(1),
+                       v_th, M, T, 0.25, 1, 2, 0, 1.0, 0.0, 0.0,
+                       smem=smem)  # fmt: skip
 
 
 # ----------------------------------------------------------------- estimates

@@ -29,29 +29,55 @@ Surrogate = Callable[[Tensor], Tensor]
 
 
 def _check(x: Tensor, name: str) -> Tensor:
-    if not x.is_cuda:
-        raise ValueError(
-            f"{name}: backend 'cupy' needs CUDA tensors, got a tensor on {x.device}"
-        )
+    """``x`` contiguous, or a clear error for a dtype the kernels do not support.
+
+    That ``x`` is a CUDA tensor is checked where the backend is picked
+    (:func:`sj_parallel.backends.get_backend`, which every neuron and
+    :mod:`sj_parallel.functional` go through); the launcher takes the device from
+    the tensors."""
     C.compile_options(x.dtype)  # clear error for unsupported dtypes
     return x.contiguous()
 
 
 def _f32(t: Tensor) -> Tensor:
-    return t.detach().to(torch.float32).contiguous()
+    """A float32 contiguous view of a parameter (the kernels read float32)."""
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t.contiguous()
 
 
-def _grid(kernel, name: str, kname: str, M: int, x: Tensor, const=None, T: int = 0):
-    """``(grid, block, dynamic smem)`` of a launch over ``M`` neuron columns of
-    ``x``'s dtype and device."""
+def _prepare(name: str, kname: str, x: Tensor, M: int, const=None, flags=(), T=0):
+    """``(kernel, grid, block, dynamic smem)`` of a launch over ``M`` neuron columns
+    of ``x``'s dtype, on ``x``'s device."""
+    k = C.get_kernel(name, kname, x.dtype, const, flags, x.device.index)
     block, cols, smem = C.launch_config(name, kname, const, T, x.dtype)
-    tiles = max(1, (M + cols - 1) // cols)
+    tiles = (M + cols - 1) // cols
     if tiles >= 2**31:  # the kernels index tiles with 32-bit ints
         raise ValueError(
             f"{kname}: M = {M} neurons per time step is too many for one launch "
             f"(at most {(2**31 - 1) * cols}); split the batch"
         )
-    return C.device_grid(kernel, tiles, block, smem, x.device), block, smem
+    return k, k.grid(tiles, block, smem), block, smem
+
+
+def _work(grid: int, n: int, x: Tensor) -> Tensor:
+    """Scratch of a launch whose blocks reduce ``n`` sums (uninitialised: the kernel
+    writes every element it reads)."""
+    n_floats = C.reduce_workspace(grid, n)
+    return torch.empty(n_floats, dtype=torch.float32, device=x.device)
+
+
+def _no_double_backward(name: str, *tensors: Optional[Tensor]) -> None:
+    """The fused kernels have no second derivative: building a graph that would
+    need one (backward with ``create_graph=True``) raises at once."""
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors
+    ):
+        raise RuntimeError(
+            f"{name} with backend 'cupy' has no second derivative (backward was called "
+            "with create_graph=True); use backend='torch' or sj_parallel.reference for "
+            "higher-order gradients"
+        )
 
 
 # ----------------------------------------------------------------------------- PSN
@@ -70,9 +96,8 @@ def psn_forward(
     if M == 0:
         return s
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, s))
-    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, T, flags)
-    grid, block, smem = _grid(k, "psn", "sjp_psn_forward", M, x, T)
-    args = [x, _f32(weight), _f32(bias), s, np.int64(M)]
+    k, grid, block, smem = _prepare("psn", "sjp_psn_forward", x, M, T, flags)
+    args = (x, _f32(weight), _f32(bias), s, np.int64(M))
     C.launch(k, grid, block, args, x.device, smem)
     return s
 
@@ -99,27 +124,25 @@ def psn_backward(
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     grad_s = grad_s.to(x.dtype).contiguous()
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, grad_s, gx))
-    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, T, flags)
-    grid, block, smem = _grid(k, "psn", "sjp_psn_backward", M, x, T)
-    gw_part = torch.empty(grid, T, T, dtype=torch.float32, device=x.device)
-    gb_part = torch.empty(grid, T, dtype=torch.float32, device=x.device)
-    args = [
+    k, grid, block, smem = _prepare("psn", "sjp_psn_backward", x, M, T, flags)
+    gw = torch.empty(T, T, dtype=torch.float32, device=x.device)
+    gb = torch.empty(T, 1, dtype=torch.float32, device=x.device)
+    args = (
         x,
         grad_s,
         _f32(weight),
         _f32(bias),
         gx,
-        gw_part,
-        gb_part,
+        gw,
+        gb,
+        _work(grid, T * T + T, x),
+        C.COUNTERS,
         np.int64(M),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(k, grid, block, args, x.device, smem)
-    # the second, ordered pass over the per-block partials (deterministic)
-    gw = gw_part.sum(0)
-    gb = gb_part.sum(0)
+    )
+    C.launch(k, grid, block, args, x.device, smem)  # sums over blocks included
     return gx, gw.to(weight.dtype), gb.view(bias.shape).to(bias.dtype)
 
 
@@ -136,6 +159,7 @@ def _psn_setup(ctx, inputs, output):
 
 def _psn_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
+    _no_double_backward("PSN", grad_s, x, weight, bias)
     gx, gW, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gW, gb, None, None, None, None
 
@@ -182,11 +206,10 @@ def sliding_psn_forward(
     s = torch.empty_like(x)
     if M == 0 or T == 0:
         return s
-    kern = C.get_kernel(
-        "sliding", "sjp_sliding_forward", x.dtype, k, C.sg_flags(sg_kind)
+    kern, grid, block, smem = _prepare(
+        "sliding", "sjp_sliding_forward", x, M, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_forward", M, x, k)
-    args = [x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T)]
+    args = (x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T))
     C.launch(kern, grid, block, args, x.device, smem)
     return s
 
@@ -212,29 +235,29 @@ def sliding_psn_backward(
     gx = torch.empty_like(x)
     if M == 0 or T == 0:
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
-    kern = C.get_kernel(
-        "sliding", "sjp_sliding_backward", x.dtype, k, C.sg_flags(sg_kind)
+    kern, grid, block, smem = _prepare(
+        "sliding", "sjp_sliding_backward", x, M, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_backward", M, x, k)
-    part = torch.empty(grid, k + 1, dtype=torch.float32, device=x.device)
-    args = [
+    gw = torch.empty(k, dtype=torch.float32, device=x.device)
+    gb = torch.empty((), dtype=torch.float32, device=x.device)
+    args = (
         x,
         grad_s.to(x.dtype).contiguous(),
         _f32(weight),
         _f32(bias).reshape(1),
         gx,
-        part,
+        gw,
+        gb,
+        _work(grid, k + 1, x),
+        C.COUNTERS,
         np.int64(M),
         np.int32(T),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(kern, grid, block, args, x.device, smem)
-    total = part.sum(0)  # the second, ordered pass (deterministic)
-    gw = total[:k].to(weight.dtype, copy=True)  # outputs may not alias each other
-    gb = total[k].reshape(bias.shape).to(bias.dtype, copy=True)
-    return gx, gw, gb
+    )
+    C.launch(kern, grid, block, args, x.device, smem)  # sums over blocks included
+    return gx, gw.to(weight.dtype), gb.reshape(bias.shape).to(bias.dtype)
 
 
 @sliding_psn_backward.register_fake
@@ -244,6 +267,7 @@ def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
 
 def _sliding_bwd(ctx, grad_s):
     x, weight, bias = ctx.saved_tensors
+    _no_double_backward("SlidingPSN", grad_s, x, weight, bias)
     gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
@@ -293,24 +317,25 @@ def mpe_psn_forward(
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
+    mse = torch.empty(T, dtype=torch.float32, device=x.device)
     if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
         uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
         ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
-        return s, torch.zeros(T, dtype=torch.float32, device=x.device), uhl, ul
+        return s, mse.zero_(), uhl, ul
     flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
-    kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_forward", M, x, None, T)
+    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_forward", x, M, None, flags, T)
     if not need_mse:
         smem = 0
-    err = torch.empty(grid if need_mse else 1, T, dtype=torch.float32, device=x.device)
-    args = [
+    args = (
         x,
         None if u_hat0 is None else u_hat0.to(x.dtype).contiguous(),
         None if u0 is None else u0.to(x.dtype).contiguous(),
         s,
         uhl,
         ul,
-        err,
+        mse,
+        _work(grid, T, x) if need_mse else None,
+        C.COUNTERS if need_mse else None,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
@@ -318,12 +343,10 @@ def mpe_psn_forward(
         np.uint32(seed_lo),
         np.uint32(seed_hi),
         np.int64(t0),
-    ]
+    )
+    # mse = the per-step sums over the neurons / M (0 without need_mse), in a fixed
+    # order inside the launch
     C.launch(kern, grid, block, args, x.device, smem)
-    if need_mse:  # the second, ordered pass over the per-block sums (deterministic)
-        mse = err.sum(0) / M
-    else:
-        mse = torch.zeros(T, dtype=torch.float32, device=x.device)
     return s, mse, uhl, ul
 
 
@@ -345,7 +368,7 @@ def mpe_psn_backward(
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
     u0: Optional[Tensor],
-    grad_s: Tensor,
+    grad_s: Optional[Tensor],
     grad_mse: Optional[Tensor],
     grad_uhl: Optional[Tensor],
     grad_ul: Optional[Tensor],
@@ -362,10 +385,10 @@ def mpe_psn_backward(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     T, M = x.shape
     gx = torch.empty_like(x)
-    guh0 = torch.zeros(M, dtype=torch.float32, device=x.device)
-    gu0 = torch.zeros(M, dtype=torch.float32, device=x.device)
+    guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
+    gu0 = torch.empty(M, dtype=torch.float32, device=x.device)
     if T == 0 or M == 0:
-        return gx, torch.zeros_like(v_threshold), guh0, gu0
+        return gx, torch.zeros_like(v_threshold), guh0.zero_(), gu0.zero_()
 
     def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
         return None if t is None else t.to(dtype).contiguous()
@@ -377,21 +400,22 @@ def mpe_psn_backward(
         sg_kind,
         wide=C.mpe_backward_wide(T, M),
     )
-    kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x)
-    gv_part = torch.empty(grid, dtype=torch.float32, device=x.device)
-    args = [
+    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_backward", x, M, None, flags)
+    gv = torch.empty(1, dtype=torch.float32, device=x.device)
+    args = (
         x,
         opt(u_hat0, x.dtype),
         opt(u0, x.dtype),
-        grad_s.to(x.dtype).contiguous(),
+        opt(grad_s, x.dtype),  # None: the spikes' gradient is zero
         opt(grad_mse, torch.float32),
         opt(grad_uhl, x.dtype),
         opt(grad_ul, x.dtype),
         gx,
-        guh0,
+        guh0,  # written for every column (0 where the wiring has no such gradient)
         gu0,
-        gv_part,
+        gv,
+        _work(grid, 1, x),
+        C.COUNTERS,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
@@ -402,9 +426,8 @@ def mpe_psn_backward(
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(kern, grid, block, args, x.device, smem)
-    gv = gv_part.sum()  # the second, ordered pass (deterministic)
+    )
+    C.launch(kern, grid, block, args, x.device, smem)  # grad_v summed over blocks
     return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
 
 
@@ -423,15 +446,17 @@ def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
 
 def _mpe_setup(ctx, inputs, output):
     x, v, u_hat0, u0, *cfg = inputs
+    # outputs nobody differentiates get None, not zero-filled tensors: the kernel
+    # reads a null gradient as zero
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, v, u_hat0, u0)
     ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
 
 
 def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
     x, v, u_hat0, u0 = ctx.saved_tensors
+    _no_double_backward("MPEPSN", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
     tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
-    if g_s is None:
-        g_s = torch.zeros_like(x)
     gx, gv, guh0, gu0 = mpe_psn_backward(
         x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
         tau, current, stochastic, seed_lo, seed_hi, t0, *sg,

@@ -13,7 +13,11 @@
 //
 // Determinism: no kernel adds floats with atomics. Reductions over neurons (weight
 // gradients, the MPE-PSN loss) are summed inside a block in a fixed order and written
-// as one partial per block; the launcher adds the partials in a second, ordered pass.
+// as one partial per block; the same launch then adds the partials in a fixed order
+// (sjp_finish_sums: the last block of each group of SJP_GROUP blocks to finish, found
+// with an integer ticket, adds its group's partials in block order; the last of those
+// adds the group sums in group order). The grid depends only on the device, so the
+// same inputs on the same device give the same bits.
 #pragma once
 
 #ifndef SJP_EMULATION
@@ -220,6 +224,89 @@ __device__ __forceinline__ float sjp_block_sum(float v, sjp_smem_t scratch) {
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) r += scratch[w];
   __syncthreads();
   return r;
+}
+
+// ------------------------------------------------------ fixed-order final sums
+// Blocks per group of the two-level reduction of per-block partials (the launcher's
+// _cuda.REDUCE_GROUP): a group's last block reads at most SJP_GROUP partial rows, the
+// final block ceil(grid / SJP_GROUP) group rows.
+#define SJP_GROUP 16
+
+// A float written by another block of this launch: read through L2 (ld.global.cg), as
+// L1 is not coherent between SMs.
+__device__ __forceinline__ float sjp_ldcg(const float* p) {
+#ifdef SJP_EMULATION
+  return *(const volatile float*)p;
+#else
+  return __ldcg(p);
+#endif
+}
+
+// Every thread of the block calls this after the block's writes that others will read:
+// one ticket per block on *counter (an integer atomic; floats are never added with
+// atomics). True, in every thread, for the block that takes the last of `count`
+// tickets; that block resets the counter to 0, so it is zero again after every launch
+// (no zero-fill before the next one, on this stream or in a CUDA graph replay).
+__device__ __forceinline__ bool sjp_last_of(unsigned int* counter, unsigned int count) {
+  __shared__ unsigned int sjp_ticket;
+  __threadfence();  // this thread's writes are visible to the whole device
+  __syncthreads();  // ... for every thread of the block
+  if (threadIdx.x == 0) {
+    const unsigned int t = atomicAdd(counter, 1u);
+    if (t == count - 1u) *counter = 0u;  // every block has counted
+    sjp_ticket = t;
+  }
+  __syncthreads();
+  const bool last = sjp_ticket == count - 1u;
+  if (last) __threadfence();  // block-uniform: order the reads of the others' data
+  return last;
+}
+
+// part[b][i] summed over blocks b in [b0, b1) (at most SJP_GROUP), in block order; the
+// loads are independent, so a group's rows are in flight at once.
+__device__ __forceinline__ float sjp_sum_rows(const float* part, int n, int b0, int b1,
+                                              int i) {
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < SJP_GROUP; ++j)
+    if (b0 + j < b1) s += sjp_ldcg(part + (sjp_index)(b0 + j) * n + i);
+  return s;
+}
+
+// The end of a kernel that wrote its block's partial sums to work[blockIdx.x][0..n):
+// the fixed-order sum over the blocks, divided by `divisor`, goes to out0[i] for
+// i < n0 and to out1[i - n0] for n0 <= i < n. work holds grid rows of partials and then
+// ceil(grid / SJP_GROUP) rows of group sums; counters holds ceil(grid / SJP_GROUP) + 1
+// zeros (left zero). Every thread of every block must call it.
+__device__ __forceinline__ void sjp_finish_sums(float* work, unsigned int* counters, int n,
+                                             float* out0, int n0, float* out1,
+                                             float divisor) {
+  const int grid = (int)gridDim.x, groups = (grid + SJP_GROUP - 1) / SJP_GROUP;
+  const int g = (int)blockIdx.x / SJP_GROUP;
+  const int b0 = g * SJP_GROUP, b1 = min(grid, b0 + SJP_GROUP);
+  float* gpart = work + (sjp_index)grid * n;
+  if (!sjp_last_of(counters + g, (unsigned int)(b1 - b0))) return;
+  if (groups > 1) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+      gpart[(sjp_index)g * n + i] = sjp_sum_rows(work, n, b0, b1, i);
+    if (!sjp_last_of(counters + groups, (unsigned int)groups)) return;
+  }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float s;
+    if (groups == 1) {
+      s = sjp_sum_rows(work, n, 0, grid, i);
+    } else {
+      s = 0.0f;
+      for (int h = 0; h < groups; h += SJP_GROUP)
+        s += sjp_sum_rows(gpart, n, h, min(groups, h + SJP_GROUP), i);
+    }
+    s = divisor == 1.0f ? s : s / divisor;
+    if (i < n0) {
+      out0[i] = s;
+    } else {
+      out1[i - n0] = s;
+    }
+  }
 }
 
 // ------------------------------------------------------------------ tf32 mma

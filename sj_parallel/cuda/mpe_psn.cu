@@ -21,15 +21,17 @@
 // 4 i ends with the warp's sum for step i of the chunk and adds it to its warp's row of
 // a [warps, T] table in dynamic shared memory (one writer per entry: no atomics). At
 // the end the block adds the rows in warp order and writes one partial per step,
-// err_partial[block][t]; the launcher sums the partials over blocks in a fixed order.
+// work[block][t]; the same launch adds them over the blocks in a fixed order and
+// writes mse[t] = sum / M (sjp_finish_sums, common.cuh). Without need_mse, mse = 0.
 // Nothing is saved for backward: the Bernoulli samples are regenerated from the hash.
 // Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M.
 //
 // Backward (sjp_mpe_backward): walks t from T-1 to 0 keeping the estimates of steps t,
 // t-1, t-2 and the step values of t, t-1 in registers, so every estimate (hash,
 // sigmoid) is computed once; carries the gradient of h_{t+1}; writes grad_I once.
-// grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order and
-// written as gv_partial[block].
+// grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order, then
+// over the blocks in the same launch (sjp_finish_sums). grad_S may be null (zero);
+// the [M] state gradients are written for every column (0 where the wiring has none).
 // Bytes: read 2*T*M (I, grad_S), write T*M (grad_I) (+ [M] state grads).
 #include "common.cuh"
 
@@ -116,7 +118,8 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     sjp_mpe_forward(const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
                     const sjp_scalar* __restrict__ u0, sjp_scalar* __restrict__ s,
                     sjp_scalar* __restrict__ u_hat_last, sjp_scalar* __restrict__ u_last,
-                    float* __restrict__ err_partial, const float* __restrict__ v_th,
+                    float* __restrict__ mse, float* __restrict__ work,
+                    unsigned int* __restrict__ counters, const float* __restrict__ v_th,
                     const sjp_index M, const int T, const float tau,
                     const unsigned int seed_lo, const unsigned int seed_hi,
                     const long long t0) {
@@ -204,13 +207,19 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     if (valid && u_hat_last) sjp_store(u_hat_last, m, uh_prev);
     if (valid && u_last) sjp_store(u_last, m, u_prev);
   }
-  if (!need_mse) return;
+  if (!need_mse) {  // the loss is not asked for: mse = 0
+    if (blockIdx.x == 0)
+      for (int t = threadIdx.x; t < T; t += blockDim.x) mse[t] = 0.0f;
+    return;
+  }
   __syncthreads();
   for (int t = threadIdx.x; t < T; t += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < warps; ++w) sum += err_s[w * T + t];
-    err_partial[(sjp_index)blockIdx.x * T + t] = sum;
+    work[(sjp_index)blockIdx.x * T + t] = sum;
   }
+  // mse[t] = (sum over the blocks, in a fixed order) / M
+  sjp_finish_sums(work, counters, T, mse, T, nullptr, (float)M);
 }
 
 // Step values recomputed in backward.
@@ -234,7 +243,8 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     const float* __restrict__ grad_mse, const sjp_scalar* __restrict__ grad_uhl,
     const sjp_scalar* __restrict__ grad_ul, sjp_scalar* __restrict__ grad_x,
     float* __restrict__ grad_u_hat0, float* __restrict__ grad_u0,
-    float* __restrict__ gv_partial, const float* __restrict__ v_th, const sjp_index M,
+    float* __restrict__ grad_v, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const float* __restrict__ v_th, const sjp_index M,
     const int T, const float tau, const unsigned int seed_lo, const unsigned int seed_hi,
     const long long t0, const float sg_a, const float sg_c, const float sg_d) {
   constexpr bool current_wiring = SJP_MPE_CURRENT;
@@ -288,7 +298,9 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     SjpEst e_p = next_est(x_p);
     SjpEst e_pp = next_est(x_pp);
     SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
-    const sjp_scalar* gsp = grad_s + (sjp_index)(T - 1) * M + m;
+    // grad_S may be null (the spikes are not used): then it is 0
+    const bool has_gs = grad_s != nullptr;
+    const sjp_scalar* gsp = has_gs ? grad_s + (sjp_index)(T - 1) * M + m : grad_s;
     sjp_scalar* gxp = grad_x + (sjp_index)(T - 1) * M + m;
     float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
     float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
@@ -302,8 +314,11 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
         st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
         u_before = st_p.u;
       }
-      const float gs = sjp_load(gsp, 0);
-      gsp -= M;
+      float gs = 0.0f;
+      if (has_gs) {
+        gs = sjp_load(gsp, 0);
+        gsp -= M;
+      }
       // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
       // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
       float adj_u = 0.0f;
@@ -328,11 +343,13 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
         const float c = (t0 + t) == 0 ? 0.0f : 1.0f;
         grad_uh += gm * c * err + tau * c * grad_h;
         mse_next_term = gm * c * err;
-        if (t == 0 && grad_u0) grad_u0[m] = -mse_next_term;
       } else {
         grad_uh += gm * err + tau * grad_h_next;
         grad_h_next = grad_h;
-        if (t == 0 && grad_u_hat0) grad_u_hat0[m] = tau * grad_h;
+      }
+      if (t == 0) {  // the incoming state's gradients (0 where the wiring has none)
+        if (grad_u0) grad_u0[m] = current_wiring ? -mse_next_term : 0.0f;
+        if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : tau * grad_h;
       }
       sjp_store(gxp, 0, grad_h + grad_uh * e_t.dudx);
       gxp -= M;
@@ -346,5 +363,6 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     }
   }
   const float r = sjp_block_sum(acc_v, scratch);
-  if (threadIdx.x == 0) gv_partial[blockIdx.x] = r;
+  if (threadIdx.x == 0) work[blockIdx.x] = r;
+  sjp_finish_sums(work, counters, 1, grad_v, 1, nullptr, 1.0f);
 }

@@ -42,8 +42,9 @@
 //   W lives in shared memory (fp32, or pre-split hi/lo for T <= 32), XOR-swizzled so
 //   both of its fragment patterns (rows of W for H, columns of W for grad_X) are
 //   conflict-free. grad_W and grad_b are written as one partial per block
-//   (gw_partial[block][T][T], gb_partial[block][T]), the k-groups and warps added in a
-//   fixed order; the launcher adds the partials over blocks in a fixed order.
+//   (work[block] = [grad_W (T*T) | grad_b (T)]), the k-groups and warps added in a
+//   fixed order; sjp_finish_sums (common.cuh) then adds the partials over blocks in a
+//   fixed order inside the same launch and writes grad_W [T][T] and grad_b [T].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X); H is recomputed, never stored.
 #include "common.cuh"
 
@@ -325,8 +326,9 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
 extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 8) sjp_psn_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ W, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ gw_partial,
-    float* __restrict__ gb_partial, const sjp_index M, const float sg_a,
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const float sg_a,
     const float sg_c, const float sg_d) {
   SJP_DYN_SMEM(smem);  // [warps][SJP_NACC] for the block's sums
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -382,12 +384,9 @@ extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 8) sjp_psn_backward(
   for (int i = tid; i < SJP_NACC; i += blockDim.x) {
     float sum = 0.0f;
     for (int k = 0; k < SJP_BWD_BLOCK / 32; ++k) sum += smem[k * SJP_NACC + i];
-    if (i < SJP_T * SJP_T) {
-      gw_partial[(sjp_index)blockIdx.x * SJP_T * SJP_T + i] = sum;
-    } else {
-      gb_partial[(sjp_index)blockIdx.x * SJP_T + i - SJP_T * SJP_T] = sum;
-    }
+    work[(sjp_index)blockIdx.x * SJP_NACC + i] = sum;  // [grad_W | grad_b]
   }
+  sjp_finish_sums(work, counters, SJP_NACC, grad_w, SJP_T * SJP_T, grad_b, 1.0f);
 }
 #else  // T > 4: tensor cores
 #define SJP_BWD_BLOCK 256
@@ -419,8 +418,9 @@ static_assert(SJP_WSPLIT || SJP_P == 4, "grad_X reads W's columns with P = 4");
 extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 4) sjp_psn_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ W, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ gw_partial,
-    float* __restrict__ gb_partial, const sjp_index M, const float sg_a,
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const float sg_a,
     const float sg_c, const float sg_d) {
   constexpr int NMT = SJP_NMT, NV = 2 * SJP_NMT, P = SJP_P, SS = SJP_SS;
   SJP_DYN_SMEM(smem);
@@ -677,16 +677,20 @@ extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 4) sjp_psn_backward(
     }
   }
   __syncthreads();
+  // this block's partial [grad_W | grad_b], then the sums over the blocks
+  constexpr int NP = SJP_T * SJP_T + SJP_T;
+  float* part = work + (sjp_index)blockIdx.x * NP;
   for (int i = tid; i < SJP_T * SJP_T; i += blockDim.x) {
     const int t = i / SJP_T, j = i - t * SJP_T;
     float sum = 0.0f;
     for (int k = 0; k < SJP_KG; ++k) sum += red[(k * SJP_TM3 + t) * SJP_RS + j];
-    gw_partial[(sjp_index)blockIdx.x * SJP_T * SJP_T + i] = sum;
+    part[i] = sum;
   }
   for (int t = tid; t < SJP_T; t += blockDim.x) {
     float sum = 0.0f;
     for (int k = 0; k < SJP_KG; ++k) sum += gred[k * SJP_TM3 + t];
-    gb_partial[(sjp_index)blockIdx.x * SJP_T + t] = sum;
+    part[SJP_T * SJP_T + t] = sum;
   }
+  sjp_finish_sums(work, counters, NP, grad_w, SJP_T * SJP_T, grad_b, 1.0f);
 }
 #endif

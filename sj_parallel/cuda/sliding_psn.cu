@@ -22,8 +22,9 @@
 // output leaving the last lane is complete and is written. grad_w[k-1-d] =
 // sum_t GH[t] X[t-d] and grad_b = sum_t GH[t] are summed per lane, then over the
 // columns of the block in a fixed order (butterfly shuffles, then warps in order) and
-// written as one partial per block (partial[block][0..k-1] weights, [k] bias); the
-// launcher adds the partials over blocks in a fixed order.
+// written as one partial per block (work[block][0..k-1] weights, [k] bias), which the
+// same launch adds over the blocks in a fixed order (sjp_finish_sums, common.cuh)
+// into grad_w [k] and grad_b [1].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X).
 #include "common.cuh"
 
@@ -135,8 +136,10 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
 extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ w, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ partial, const sjp_index M,
-    const int T, const float sg_a, const float sg_c, const float sg_d) {
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const int T,
+    const float sg_a, const float sg_c, const float sg_d) {
   SJP_DYN_SMEM(red);  // [warps][SJP_K + 1] | k > 8: the rings' flush [SJP_BSEG][block]
   constexpr int S = SJP_BS, SEG = SJP_BSEG;
   constexpr bool PAD = S == 1;  // whole chunks (see the time loop)
@@ -240,6 +243,7 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
   for (int i = threadIdx.x; i <= SJP_K; i += blockDim.x) {
     float sum = 0.0f;
     for (int wp = 0; wp < (int)(blockDim.x >> 5); ++wp) sum += red[wp * (SJP_K + 1) + i];
-    partial[(sjp_index)blockIdx.x * (SJP_K + 1) + i] = sum;
+    work[(sjp_index)blockIdx.x * (SJP_K + 1) + i] = sum;
   }
+  sjp_finish_sums(work, counters, SJP_K + 1, grad_w, SJP_K, grad_b, 1.0f);
 }

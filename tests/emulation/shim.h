@@ -58,7 +58,24 @@ static inline void sjp_emu_warp_sync() {
 static unsigned char* sjp_emu_dyn_smem = nullptr;
 
 // ----------------------------------------------------------------- atomics
-static long long sjp_emu_atomics = 0;
+// Blocks run one after another (in the order the launch wrapper picks, see
+// sjp_emu_block_order), so an integer ticket counter sees the blocks finish in that
+// order; __threadfence() orders this thread's memory operations (a full fence).
+static long long sjp_emu_atomics = 0;       // float atomics (the kernels use none)
+static long long sjp_emu_int_atomics = 0;   // integer atomics (tickets)
+static inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  unsigned int old;
+#pragma omp atomic capture
+  {
+    old = *address;
+    *address += value;
+  }
+#pragma omp atomic
+  sjp_emu_int_atomics += 1;
+  return old;
+}
+#define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+static inline int min(int a, int b) { return a < b ? a : b; }
 static inline float atomicAdd(float* address, float value) {
   float old;
 #pragma omp atomic capture
