@@ -331,3 +331,129 @@ def test_wrong_launch_arguments_fail_like_cupy(gpu):
         k.fn.ptr  # noqa: B018 - what the old launcher read
     with pytest.raises(AssertionError, match="outside `with"):
         k.fn.num_regs  # noqa: B018 - not inside cupy.cuda.Device
+
+
+def _op_samples():
+    torch.manual_seed(6)
+    T, M = 6, 40
+    x, g = torch.randn(T, M), torch.randn(T, M)
+    W, b = torch.randn(T, T) / T, torch.randn(T, 1) * 0.1
+    w, bs = torch.randn(3), torch.tensor(-0.4)
+    v, uh0, u0 = torch.tensor([0.9]), torch.randn(M), torch.randn(M)
+    sg = (0, 2.0, 0.0, 0.0)
+    mpe = (0.25, False, True, 5, 6, 2)
+    return {
+        "psn_forward": (x, W, b, *sg),
+        "psn_backward": (x, g, W, b, *sg),
+        "sliding_psn_forward": (x, w, bs, *sg),
+        "sliding_psn_backward": (x, g, w, bs, *sg),
+        "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, 2, 1.0, 0.0, 0.0),
+        "mpe_psn_backward": (x, v, uh0, u0, g, torch.randn(T), torch.randn(M), None,
+                             *mpe, 2, 1.0, 0.0, 0.0),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("op", list(_op_samples()))
+def test_custom_ops_pass_opcheck(gpu, op):
+    """torch.library.opcheck of every custom op on the fake device: schema, autograd
+    registration, fake (meta) implementation, AOT dispatch (what torch.compile uses)."""
+    args = _op_samples()[op]
+    if op.endswith("forward"):
+        args = tuple(
+            a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
+            for a in args
+        )
+    torch.library.opcheck(getattr(cb, op), args)
+
+
+def test_empty_inputs_and_half_parameters(gpu):
+    """No neurons or no steps: no launch, zero gradients; float16 parameters are read
+    as float32 and their gradients come back in float16."""
+    sg = surrogate.ATan()
+    for T, M in ((4, 0), (0, 5)):
+        x = torch.randn(T, M, requires_grad=True)
+        if T:
+            W = torch.randn(T, T, requires_grad=True)
+            b = torch.zeros(T, 1, requires_grad=True)
+            cb.psn(x, W, b, sg).sum().backward()
+            assert not W.grad.any() and not b.grad.any()
+        w = torch.randn(2, requires_grad=True)
+        bb = torch.tensor(0.0, requires_grad=True)
+        cb.sliding_psn(x, w, bb, sg).sum().backward()
+        assert not w.grad.any()
+        v = torch.tensor(1.0, requires_grad=True)
+        uh0 = torch.randn(M)
+        s, mse, uhl, ul = cb.mpe_psn(
+            x, v, 0.25, surrogate.PiecewiseQuadratic(alpha=1.0),
+            estimate_from="previous", stochastic=True, seed=(1, 2), t0=0,
+            u_hat0=uh0, u0=None, need_mse=True,
+        )  # fmt: skip
+        assert mse.shape == (T,) and not mse.any()
+        assert torch.equal(uhl, uh0 if T == 0 else torch.zeros(M))
+        (s.sum() + mse.sum()).backward()
+        assert not v.grad.any()
+    assert gpu.launches == []
+    ours, theirs, x, params, g = _psn_family("psn", 6, 0, torch.float32)
+    params = [p.half() for p in params]
+    (so,), go = _grads(lambda x, *p: ours(x, *p, sg), x, params, [g])
+    assert [t.dtype for t in go] == [torch.float32, torch.float16, torch.float16]
+    params32 = [p.float() for p in params]
+    (st,), gt = _grads(lambda x, *p: theirs(x, *p, sg), x, params32, [g])
+    _compare([t.float() for t in go], gt, 2e-3, "half parameters")
+
+
+def test_limits_and_double_backward_are_refused(gpu):
+    sg = surrogate.ATan()
+    with pytest.raises(ValueError, match="T <= 64, got T=65"):
+        cb.psn(torch.randn(65, 2), torch.randn(65, 65), torch.randn(65, 1), sg)
+    with pytest.raises(ValueError, match="k <= 64, got k=65"):
+        cb.sliding_psn(torch.randn(3, 2), torch.randn(65), torch.tensor(0.0), sg)
+    with pytest.raises(ValueError, match="T <= 1024, got T=1025"):
+        cb.mpe_psn(torch.randn(1025, 1), torch.tensor(1.0), 0.25, sg,
+                   estimate_from="previous", stochastic=True, seed=(0, 0), t0=0,
+                   u_hat0=None, u0=None, need_mse=True)  # fmt: skip
+    with pytest.raises(ValueError, match="too many for one launch.*split the batch"):
+        cb._prepare("mpe", "sjp_mpe_backward", torch.empty(1, 1), 2**38)
+    with pytest.raises(ValueError, match="needs its compile-time SJP_T"):
+        C.variant_options("psn", torch.float32)
+    with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
+        cb.psn(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2),
+               torch.randn(2, 1), sg)  # fmt: skip
+    x = torch.randn(4, 8, requires_grad=True)
+    W = torch.randn(4, 4, requires_grad=True)
+    for name, make in (
+        ("PSN", lambda: cb.psn(x, W, torch.zeros(4, 1), sg)),
+        ("SlidingPSN", lambda: cb.sliding_psn(x, W[0], torch.tensor(0.0), sg)),
+        ("MPEPSN", lambda: cb.mpe_psn(x, W[0, 0], 0.25, sg, estimate_from="current",
+                                      stochastic=False, seed=(0, 0), t0=0,
+                                      u_hat0=None, u0=None, need_mse=True)[0]),
+    ):  # fmt: skip
+        make().sum().backward()  # first order: fine
+        msg = rf"{name} with backend 'cupy' has no second derivative.*"
+        with pytest.raises(RuntimeError, match=msg + "backend='torch' or sj_parallel"):
+            torch.autograd.grad(make().sum(), x, create_graph=True)
+
+
+def test_cupy_import_failure_names_the_fix(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(C, "_cupy_module", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(ImportError, match="backend 'cupy'") as info:
+        C.get_kernel("psn", "sjp_psn_forward", torch.float32, 4, C.psn_flags(0), 0)
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_cuda_headers_are_found_or_named(monkeypatch, tmp_path):
+    inc = tmp_path / "include"
+    inc.mkdir()
+    (inc / "cuda_fp16.h").write_text("")
+    (inc / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 12040\n")
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path))
+    C.cuda_include_dirs.cache_clear()
+    try:
+        assert (str(inc), 12) in C.cuda_include_dirs()
+        assert C.include_options(99)[0].startswith("-I")  # no match: the first
+    finally:
+        C.cuda_include_dirs.cache_clear()
+    assert repr(C.COUNTERS) == "COUNTERS"

@@ -480,11 +480,6 @@ def get_kernel(
     return k
 
 
-def ptr(t: Optional[torch.Tensor]) -> np.uint64:
-    """A tensor's device address as a kernel argument (0 for ``None``)."""
-    return np.uint64(0 if t is None else t.data_ptr())
-
-
 class _StreamHandle:
     """A raw CUDA stream handle with the CUDA stream protocol (for
     ``cupy.cuda.Stream.from_external``)."""
