@@ -457,3 +457,26 @@ def test_cuda_headers_are_found_or_named(monkeypatch, tmp_path):
     finally:
         C.cuda_include_dirs.cache_clear()
     assert repr(C.COUNTERS) == "COUNTERS"
+
+
+def test_torch_compile_traces_the_custom_ops(gpu):
+    """Under torch.compile the custom ops (fake implementations, registered autograd)
+    are traced, fullgraph; the compiled forward and backward launch the same kernels
+    and give the eager results."""
+    sg = surrogate.ATan()
+    T, M = 6, 40
+    torch.manual_seed(7)
+    x = torch.randn(T, M)
+    W, b = torch.randn(T, T) / T, torch.randn(T, 1) * 0.1
+    g = torch.randn(T, M)
+
+    def fn(x, W, b):
+        return cb.psn(x, W, b, sg)
+
+    (se,), ge = _grads(fn, x, [W, b], [g])
+    gpu.launches.clear()
+    (sc,), gc = _grads(torch.compile(fn, backend="aot_eager", fullgraph=True), x,
+                       [W, b], [g])  # fmt: skip
+    assert gpu.kernels() == ["sjp_psn_forward", "sjp_psn_backward"]
+    assert torch.equal(sc, se)
+    assert all(torch.equal(a, c) for a, c in zip(ge, gc))

@@ -244,6 +244,7 @@ def psn_backward_geometry(t: int, dtype: torch.dtype = torch.float32) -> Dict[st
             "ng": ng, "s3": s3, "kg": kg}  # fmt: skip
 
 
+@functools.cache
 def launch_config(
     name: str,
     kernel: str,

@@ -3,9 +3,14 @@
 The kernels (``sj_parallel/cuda/*.cu``; launch layouts, what is saved and the bytes
 each pass moves are documented at the top of each file) are registered as
 ``torch.library`` custom ops with fake implementations and autograd formulas, so
-``torch.compile`` keeps them in its graphs. Functions here take flattened ``[T, M]``
-CUDA tensors, like :mod:`sj_parallel.backends.torch_backend`, and compute the same
-values (:mod:`sj_parallel.reference` is the math both are tested against).
+``torch.compile`` keeps them in its graphs; eager calls run the same implementation
+and formulas through a ``torch.autograd.Function`` (less host time than the custom
+op's Python dispatch). One kernel launch per pass; launches are on torch's current
+stream with allocations through torch and no host synchronisation, so a pass can be
+captured in a CUDA graph (after a first, eager call has compiled its kernels).
+Functions here take flattened ``[T, M]`` CUDA tensors, like
+:mod:`sj_parallel.backends.torch_backend`, and compute the same values
+(:mod:`sj_parallel.reference` is the math both are tested against).
 
 Inputs may be float32, float16 or bfloat16 (float32 math inside); parameters are used
 as float32 and their gradients returned in their own dtype, which is what
@@ -39,11 +44,14 @@ def _check(x: Tensor, name: str) -> Tensor:
     return x.contiguous()
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (itself when it already is: no conversion call)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _f32(t: Tensor) -> Tensor:
     """A float32 contiguous view of a parameter (the kernels read float32)."""
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
-    return t.contiguous()
+    return _as(t, torch.float32).contiguous()
 
 
 def _prepare(name: str, kname: str, x: Tensor, M: int, const=None, flags=(), T=0):
@@ -80,9 +88,34 @@ def _no_double_backward(name: str, *tensors: Optional[Tensor]) -> None:
         )
 
 
+def _eager(name: str, forward, setup, grads, backward) -> type:
+    """The eager form of a custom op with its autograd formula: a
+    ``torch.autograd.Function`` that calls the same implementation functions
+    directly (the custom op's Python dispatch costs more host time than the rest of
+    a pass). ``torch.compile`` traces the custom ops instead (:func:`_run`)."""
+
+    def fwd(ctx, *inputs):
+        out = forward(*inputs)
+        setup(ctx, inputs, out)
+        return out
+
+    def bwd(ctx, *grad_outputs):
+        return grads(ctx, *grad_outputs, backward=backward)
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(fwd), "backward": staticmethod(bwd)})  # fmt: skip
+
+
+def _run(op, eager: type, *args):
+    """``op`` (a custom op) under ``torch.compile``, its eager Function otherwise:
+    the same kernels and formulas either way."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return eager.apply(*args)
+
+
 # ----------------------------------------------------------------------------- PSN
-@torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())
-def psn_forward(
+def _psn_forward(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -102,13 +135,17 @@ def psn_forward(
     return s
 
 
+psn_forward = torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())(
+    _psn_forward
+)
+
+
 @psn_forward.register_fake
 def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())
-def psn_backward(
+def _psn_backward(
     x: Tensor,
     grad_s: Tensor,
     weight: Tensor,
@@ -122,7 +159,7 @@ def psn_backward(
     gx = torch.empty_like(x)
     if M == 0:
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
-    grad_s = grad_s.to(x.dtype).contiguous()
+    grad_s = _as(grad_s, x.dtype).contiguous()
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, grad_s, gx))
     k, grid, block, smem = _prepare("psn", "sjp_psn_backward", x, M, T, flags)
     gw = torch.empty(T, T, dtype=torch.float32, device=x.device)
@@ -143,7 +180,12 @@ def psn_backward(
         np.float32(sg_d),
     )
     C.launch(k, grid, block, args, x.device, smem)  # sums over blocks included
-    return gx, gw.to(weight.dtype), gb.view(bias.shape).to(bias.dtype)
+    return gx, _as(gw, weight.dtype), _as(gb.view(bias.shape), bias.dtype)
+
+
+psn_backward = torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())(
+    _psn_backward
+)
 
 
 @psn_backward.register_fake
@@ -157,14 +199,15 @@ def _psn_setup(ctx, inputs, output):
     ctx.sg = sg
 
 
-def _psn_bwd(ctx, grad_s):
+def _psn_bwd(ctx, grad_s, backward=psn_backward):
     x, weight, bias = ctx.saved_tensors
     _no_double_backward("PSN", grad_s, x, weight, bias)
-    gx, gW, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    gx, gW, gb = backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gW, gb, None, None, None, None
 
 
 psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
+_PSN = _eager("PSN", _psn_forward, _psn_setup, _psn_bwd, _psn_backward)
 
 
 def psn(
@@ -185,14 +228,12 @@ def psn(
             f"backend 'cupy' supports PSN/MaskedPSN with T <= {C.PSN_MAX_T}, got "
             f"T={T}; use backend='torch'"
         )
-    return psn_forward(
-        x, weight, bias.reshape(T, 1), *C.surrogate_params(surrogate_function)
-    )
+    sg = C.surrogate_params(surrogate_function)
+    return _run(psn_forward, _PSN, x, weight, bias.reshape(T, 1), *sg)
 
 
 # --------------------------------------------------------------------- sliding PSN
-@torch.library.custom_op("sj_parallel::sliding_psn_forward", mutates_args=())
-def sliding_psn_forward(
+def _sliding_psn_forward(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -214,13 +255,17 @@ def sliding_psn_forward(
     return s
 
 
+sliding_psn_forward = torch.library.custom_op(
+    "sj_parallel::sliding_psn_forward", mutates_args=()
+)(_sliding_psn_forward)
+
+
 @sliding_psn_forward.register_fake
 def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sj_parallel::sliding_psn_backward", mutates_args=())
-def sliding_psn_backward(
+def _sliding_psn_backward(
     x: Tensor,
     grad_s: Tensor,
     weight: Tensor,
@@ -242,7 +287,7 @@ def sliding_psn_backward(
     gb = torch.empty((), dtype=torch.float32, device=x.device)
     args = (
         x,
-        grad_s.to(x.dtype).contiguous(),
+        _as(grad_s, x.dtype).contiguous(),
         _f32(weight),
         _f32(bias).reshape(1),
         gx,
@@ -257,7 +302,12 @@ def sliding_psn_backward(
         np.float32(sg_d),
     )
     C.launch(kern, grid, block, args, x.device, smem)  # sums over blocks included
-    return gx, gw.to(weight.dtype), gb.reshape(bias.shape).to(bias.dtype)
+    return gx, _as(gw, weight.dtype), _as(gb.reshape(bias.shape), bias.dtype)
+
+
+sliding_psn_backward = torch.library.custom_op(
+    "sj_parallel::sliding_psn_backward", mutates_args=()
+)(_sliding_psn_backward)
 
 
 @sliding_psn_backward.register_fake
@@ -265,14 +315,17 @@ def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
 
 
-def _sliding_bwd(ctx, grad_s):
+def _sliding_bwd(ctx, grad_s, backward=sliding_psn_backward):
     x, weight, bias = ctx.saved_tensors
     _no_double_backward("SlidingPSN", grad_s, x, weight, bias)
-    gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    gx, gw, gb = backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
 
 sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
+_SLIDING = _eager(
+    "SlidingPSN", _sliding_psn_forward, _psn_setup, _sliding_bwd, _sliding_psn_backward
+)
 
 
 def sliding_psn(
@@ -291,12 +344,12 @@ def sliding_psn(
             f"backend 'cupy' supports SlidingPSN with k <= {C.SLIDING_MAX_K}, got "
             f"k={k}; use backend='torch'"
         )
-    return sliding_psn_forward(x, weight, bias, *C.surrogate_params(surrogate_function))
+    sg = C.surrogate_params(surrogate_function)
+    return _run(sliding_psn_forward, _SLIDING, x, weight, bias, *sg)
 
 
 # ------------------------------------------------------------------------- MPE-PSN
-@torch.library.custom_op("sj_parallel::mpe_psn_forward", mutates_args=())
-def mpe_psn_forward(
+def _mpe_psn_forward(
     x: Tensor,
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
@@ -328,8 +381,8 @@ def mpe_psn_forward(
         smem = 0
     args = (
         x,
-        None if u_hat0 is None else u_hat0.to(x.dtype).contiguous(),
-        None if u0 is None else u0.to(x.dtype).contiguous(),
+        None if u_hat0 is None else _as(u_hat0, x.dtype).contiguous(),
+        None if u0 is None else _as(u0, x.dtype).contiguous(),
         s,
         uhl,
         ul,
@@ -350,6 +403,11 @@ def mpe_psn_forward(
     return s, mse, uhl, ul
 
 
+mpe_psn_forward = torch.library.custom_op(
+    "sj_parallel::mpe_psn_forward", mutates_args=()
+)(_mpe_psn_forward)
+
+
 @mpe_psn_forward.register_fake
 def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed_hi,
       t0, need_mse, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
@@ -362,8 +420,7 @@ def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed
     )
 
 
-@torch.library.custom_op("sj_parallel::mpe_psn_backward", mutates_args=())
-def mpe_psn_backward(
+def _mpe_psn_backward(
     x: Tensor,
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
@@ -391,7 +448,7 @@ def mpe_psn_backward(
         return gx, torch.zeros_like(v_threshold), guh0.zero_(), gu0.zero_()
 
     def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        return None if t is None else t.to(dtype).contiguous()
+        return None if t is None else _as(t, dtype).contiguous()
 
     flags = C.mpe_flags(
         current_wiring,
@@ -428,7 +485,12 @@ def mpe_psn_backward(
         np.float32(sg_d),
     )
     C.launch(kern, grid, block, args, x.device, smem)  # grad_v summed over blocks
-    return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
+    return gx, _as(gv.reshape(v_threshold.shape), v_threshold.dtype), guh0, gu0
+
+
+mpe_psn_backward = torch.library.custom_op(
+    "sj_parallel::mpe_psn_backward", mutates_args=()
+)(_mpe_psn_backward)
 
 
 @mpe_psn_backward.register_fake
@@ -453,11 +515,11 @@ def _mpe_setup(ctx, inputs, output):
     ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
 
 
-def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
+def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul, backward=mpe_psn_backward):
     x, v, u_hat0, u0 = ctx.saved_tensors
     _no_double_backward("MPEPSN", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
     tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
-    gx, gv, guh0, gu0 = mpe_psn_backward(
+    gx, gv, guh0, gu0 = backward(
         x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
         tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
     )  # fmt: skip
@@ -470,6 +532,7 @@ def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
 
 
 mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
+_MPE = _eager("MPEPSN", _mpe_psn_forward, _mpe_setup, _mpe_bwd, _mpe_psn_backward)
 
 
 def mpe_psn(
@@ -499,7 +562,9 @@ def mpe_psn(
             f"backend 'cupy' computes the MPE-PSN membrane loss for T <= "
             f"{C.MPE_MAX_T_MSE}, got T={T}; use backend='torch'"
         )
-    return mpe_psn_forward(
+    return _run(
+        mpe_psn_forward,
+        _MPE,
         x,
         v_threshold,
         u_hat0,

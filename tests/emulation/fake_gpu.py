@@ -86,6 +86,7 @@ class FakeGPU:
 
     sms: int = 2
     run: bool = True  # run the kernels in the emulation
+    light: bool = False  # no checks in a launch (the host-overhead benchmark)
     order: str = "forward"  # the order the emulation runs a grid's blocks in
     launches: List[Launch] = field(default_factory=list)
     compiles: List[Tuple[str, Tuple[str, ...]]] = field(default_factory=list)
@@ -215,6 +216,8 @@ if cupy is not None:
 
         def __call__(self, grid, block, args, **kwargs):
             state = _state()
+            if state.light:  # the launch itself is the only thing left out
+                return
             self._on_device("__call__")
             allowed = {"shared_mem", "stream"}
             if set(kwargs) - allowed:
@@ -310,17 +313,60 @@ def _marshal(kernel: str, ctype: str, pname: str, a):
     return float(a) if want is np.float32 else int(a)
 
 
-def install(monkeypatch, sms: int = 2, run: bool = True, devices: int = 1) -> FakeGPU:
+class _LightDevice:
+    """``cupy.cuda.Device`` for :func:`install` ``(light=True)``: a context manager
+    that tracks the current device and nothing else (a mock's own cost would swamp
+    what the benchmark measures)."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, device=None):
+        self.id = device
+
+    def __enter__(self):
+        _STATE.stack.append(self.id)
+        return self
+
+    def __exit__(self, *exc):
+        _STATE.stack.pop()
+
+
+class _LightStream:
+    __slots__ = ("cuda_stream",)
+
+    def __init__(self, handle: int):
+        self.cuda_stream = handle
+
+
+def install(
+    monkeypatch,
+    sms: int = 2,
+    run: bool = True,
+    devices: int = 1,
+    light: bool = False,
+) -> FakeGPU:
     """Replace what needs a device (see the module docstring) for one test; returns the
     state (launch log). Clears the launcher's caches so kernels are built through the
-    fakes."""
+    fakes. ``light``: for the host-overhead benchmark, plain stand-ins instead of the
+    spec'd mocks, and launches that return at once (no checks, no emulation)."""
     global _STATE
     if cupy is None:
         raise RuntimeError("CuPy is not installed")
     from sj_parallel.backends import _cuda as C
 
-    state = FakeGPU(sms=sms, run=run)
+    state = FakeGPU(sms=sms, run=run and not light, light=light)
     _STATE = state
+    if light:
+        stream = _LightStream(STREAM_BASE)
+        monkeypatch.setattr(cupy, "RawModule", DeviceRawModule)
+        monkeypatch.setattr(cupy.cuda, "Device", _LightDevice)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+        props = mock.create_autospec(torch._C._CudaDeviceProperties, instance=True)
+        props.major, props.minor, props.multi_processor_count = CC // 10, CC % 10, sms
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: props)
+        for name in ("_KERNELS", "_MODULES", "_DEVICES", "_STREAMS", "_COUNTER_BUFS"):
+            monkeypatch.setattr(C, name, {})
+        return state
     real_device = _REAL.setdefault("Device", cupy.cuda.Device)
     real_count = _REAL.setdefault("getDeviceCount", cupy.cuda.runtime.getDeviceCount)
     real_stream = _REAL.setdefault("current_stream", torch.cuda.current_stream)
