@@ -88,6 +88,7 @@ class FakeGPU:
     run: bool = True  # run the kernels in the emulation
     light: bool = False  # no checks in a launch (the host-overhead benchmark)
     order: str = "forward"  # the order the emulation runs a grid's blocks in
+    calls: int = 0  # kernel launches (also counted when light)
     launches: List[Launch] = field(default_factory=list)
     compiles: List[Tuple[str, Tuple[str, ...]]] = field(default_factory=list)
     stack: List[Optional[int]] = field(default_factory=list)
@@ -216,6 +217,7 @@ if cupy is not None:
 
         def __call__(self, grid, block, args, **kwargs):
             state = _state()
+            state.calls += 1
             if state.light:  # the launch itself is the only thing left out
                 return
             self._on_device("__call__")
@@ -365,7 +367,8 @@ def install(
         props.major, props.minor, props.multi_processor_count = CC // 10, CC % 10, sms
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: props)
         for name in ("_KERNELS", "_MODULES", "_DEVICES", "_STREAMS", "_COUNTER_BUFS"):
-            monkeypatch.setattr(C, name, {})
+            if isinstance(getattr(C, name, None), dict):
+                monkeypatch.setattr(C, name, {})
         return state
     real_device = _REAL.setdefault("Device", cupy.cuda.Device)
     real_count = _REAL.setdefault("getDeviceCount", cupy.cuda.runtime.getDeviceCount)
