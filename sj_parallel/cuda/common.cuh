@@ -392,27 +392,116 @@ __device__ __forceinline__ int sjp_opaque(int v) {
 // ------------------------------------------------------------------ vector IO
 // N consecutive elements of a [T, M] tensor at element index i, as floats. The caller
 // guarantees alignment (i a multiple of N and the tensor N-element aligned): the
-// launcher builds these paths only when M and the data pointers allow it.
+// launcher builds these paths only when M and the data pointers allow it. They move
+// as 32-bit words (W = N * sizeof(element) / 4 of them: 4 words = one 16-byte
+// ld/st.global.v4), half types packed two to a word and converted only when used.
 template <int N>
 struct alignas(N * sizeof(sjp_scalar)) sjp_vec_t {
   sjp_scalar e[N];
 };
 
+// The 32-bit words of a row segment, read or written with one vector instruction.
+template <int W>
+struct alignas(4 * W) sjp_words_t {
+  unsigned int w[W];
+};
+
+// element bits <-> float (half types: the upper or lower 16 bits of a word)
+__device__ __forceinline__ unsigned int sjp_bits_of(float v) {
+#if SJP_DTYPE == 0
+  return __float_as_uint(v);
+#elif SJP_DTYPE == 1
+  return (unsigned int)__half_as_ushort(__float2half_rn(v));
+#else
+  return (unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(v));
+#endif
+}
+__device__ __forceinline__ float sjp_float_of(unsigned int bits) {
+#if SJP_DTYPE == 0
+  return __uint_as_float(bits);
+#elif SJP_DTYPE == 1
+  return __half2float(__ushort_as_half((unsigned short)bits));
+#else
+  return __uint_as_float(bits << 16);  // bfloat16 is the top half of a float
+#endif
+}
+
+// the bits of element i of p (half types in the low 16 bits)
+__device__ __forceinline__ unsigned int sjp_raw_bits(const sjp_scalar* p, sjp_index i) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 0);
+#if SJP_DTYPE == 0
+  return __float_as_uint(p[i]);
+#elif SJP_DTYPE == 1
+  return (unsigned int)__half_as_ushort(p[i]);
+#else
+  return (unsigned int)__bfloat16_as_ushort(p[i]);
+#endif
+}
+
+template <int W>
+__device__ __forceinline__ void sjp_ldg_words(const sjp_scalar* p, sjp_index i,
+                                              unsigned int* w) {
+  const sjp_words_t<W> r = *reinterpret_cast<const sjp_words_t<W>*>(p + i);
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = r.w[k];
+}
+
+// one st.global of W words (v4, v2 or a single word)
+template <int W>
+__device__ __forceinline__ void sjp_stg_words(sjp_scalar* p, sjp_index i,
+                                              const unsigned int* w) {
+  static_assert(W == 1 || W == 2 || W == 4, "1, 2 or 4 words per vector store");
+#ifdef SJP_EMULATION
+  memcpy((void*)(p + i), w, 4 * W);
+#else
+  // explicit vector stores: NVVM splits a stored struct into scalar stores
+  unsigned int* q = reinterpret_cast<unsigned int*>(p + i);
+  if (W == 4) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(q), "r"(w[0]),
+                 "r"(w[1 % W]), "r"(w[2 % W]), "r"(w[3 % W]));
+  } else if (W == 2) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(q), "r"(w[0]), "r"(w[1 % W]));
+  } else {
+    *q = w[0];
+  }
+#endif
+}
+
+// element k (0 .. N-1) of the words of a segment
+template <int N>
+__device__ __forceinline__ float sjp_word_elem(const unsigned int* w, int k) {
+#if SJP_DTYPE == 0
+  return __uint_as_float(w[k]);
+#else
+  return sjp_float_of((k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xffffu));
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void sjp_load_vec(const sjp_scalar* p, sjp_index i, float* v) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+  static_assert(W * 4 == N * (int)sizeof(sjp_scalar), "whole 32-bit words");
   SJP_EMU_GLOBAL(p + i, (int)(N * sizeof(sjp_scalar)), 0);
-  const sjp_vec_t<N> r = *reinterpret_cast<const sjp_vec_t<N>*>(p + i);
+  unsigned int w[W];
+  sjp_ldg_words<W>(p, i, w);
 #pragma unroll
-  for (int k = 0; k < N; ++k) v[k] = sjp_to_float(r.e[k]);
+  for (int k = 0; k < N; ++k) v[k] = sjp_word_elem<N>(w, k);
 }
 
 template <int N>
 __device__ __forceinline__ void sjp_store_vec(sjp_scalar* p, sjp_index i, const float* v) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+  static_assert(W * 4 == N * (int)sizeof(sjp_scalar), "whole 32-bit words");
   SJP_EMU_GLOBAL(p + i, (int)(N * sizeof(sjp_scalar)), 1);
-  sjp_vec_t<N> r;
+  unsigned int w[W];
+#if SJP_DTYPE == 0
 #pragma unroll
-  for (int k = 0; k < N; ++k) sjp_from_float(v[k], &r.e[k]);
-  *reinterpret_cast<sjp_vec_t<N>*>(p + i) = r;
+  for (int k = 0; k < N; ++k) w[k] = __float_as_uint(v[k]);
+#else
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = sjp_bits_of(v[2 * k]) | (sjp_bits_of(v[2 * k + 1]) << 16);
+#endif
+  sjp_stg_words<W>(p, i, w);
 }
 
 // N (1, 2 or 4) consecutive floats of shared memory at float index i (N-aligned).

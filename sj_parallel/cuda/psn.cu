@@ -91,6 +91,36 @@ __device__ __forceinline__ void sjp_load_cols(const sjp_scalar* p, int r, sjp_in
 #endif
 }
 
+// The same N columns as raw 32-bit words (half types: two elements per word), left
+// packed until used (sjp_word_elem), so the loads stay in flight.
+template <int N>
+__device__ __forceinline__ void sjp_load_cols_raw(const sjp_scalar* p, int r, sjp_index m,
+                                                  sjp_index M, unsigned int* w) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+#if SJP_VEC
+  if (m < M) {
+    SJP_EMU_GLOBAL(p + (sjp_index)r * M + m, (int)(N * sizeof(sjp_scalar)), 0);
+    sjp_ldg_words<W>(p, (sjp_index)r * M + m, w);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) w[k] = 0u;
+  }
+#else
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = 0u;
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+    if (m + k < M) {
+      const unsigned int bits = sjp_raw_bits(p, (sjp_index)r * M + m + k);
+      if (sizeof(sjp_scalar) == 4) {
+        w[k] = bits;
+      } else {
+        w[k >> 1] |= bits << (16 * (k & 1));
+      }
+    }
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void sjp_store_cols(sjp_scalar* p, int r, sjp_index m,
                                                sjp_index M, const float* v) {
@@ -223,6 +253,14 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
 #define SJP_FWD_BLOCK 256
 #define SJP_F_NMT (SJP_NT <= 2 ? 2 : 1)  // 16-column m-tiles per warp
 #define SJP_FWD_COLS (8 * 16 * SJP_F_NMT)
+// k-steps of X in flight (_cuda.psn_forward_ahead): half types up to 4 (all of them
+// for T <= 32); float32 2 for 16 < T <= 32 (lanes of 2 columns; more registers spill
+// above T = 32), else 1
+#if SJP_DTYPE != 0
+#define SJP_F_AHEAD (SJP_NT < 4 ? SJP_NT : 4)
+#else
+#define SJP_F_AHEAD (SJP_NT > 2 && SJP_NT <= 4 ? 2 : 1)
+#endif
 
 extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK)
     sjp_psn_forward(const sjp_scalar* __restrict__ x, const float* __restrict__ W,
@@ -260,40 +298,59 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
         acc[i][nt][1] = acc[i][nt][3] = bb[1];
       }
     }
-    // rows 8 kk + 2q and + 1 of X for the lane's columns, loaded one k-step ahead
-    float xr[2][NV];
+    // rows 8 kk + 2q and + 1 of X for the lane's columns, as raw words, loaded
+    // SJP_F_AHEAD k-steps ahead (a ring: slot d holds k-step k0 + d) and converted
+    // only when the k-step is used, so several k-steps' loads are in flight
+    constexpr int D = SJP_F_AHEAD, NW = NV * (int)sizeof(sjp_scalar) / 4;
+    unsigned int xw[D][2][NW];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      if (2 * q + e < SJP_T) {
-        sjp_load_cols<NV>(x, 2 * q + e, mw, M, xr[e]);
-      } else {
+    for (int d = 0; d < D; ++d)
 #pragma unroll
-        for (int c = 0; c < NV; ++c) xr[e][c] = 0.0f;
-      }
-    }
-#pragma unroll 1
-    for (int kk = 0; kk < SJP_NT; ++kk) {
-      unsigned int ah[NMT][4], al[NMT][4];
-      sjp_afrags<NMT, SJP_X_LO>(xr[0], xr[1], ah, al);
-      if (kk + 1 < SJP_NT) {
+      for (int e = 0; e < 2; ++e) {
+        const int j = 8 * d + 2 * q + e;
+        if (j < SJP_T) {
+          sjp_load_cols_raw<NV>(x, j, mw, M, xw[d][e]);
+        } else {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int j = 8 * (kk + 1) + 2 * q + e;
-          if (j < SJP_T) {
-            sjp_load_cols<NV>(x, j, mw, M, xr[e]);
-          } else {
-#pragma unroll
-            for (int c = 0; c < NV; ++c) xr[e][c] = 0.0f;
-          }
+          for (int c = 0; c < NW; ++c) xw[d][e][c] = 0u;
         }
       }
-      const int wo = sjp_opaque(sjp_wrow(g, q, kk));
+#pragma unroll 1
+    for (int k0 = 0; k0 < SJP_NT; k0 += D) {
 #pragma unroll
-      for (int nt = 0; nt < SJP_NT; ++nt) {
-        unsigned int bh[2], bl[2];
-        sjp_wfrag<true>(Wh, Wl, wo + 8 * nt * SJP_SW, bh, bl);
+      for (int d = 0; d < D; ++d) {
+        const int kk = k0 + d;
+        if (SJP_NT % D == 0 || kk < SJP_NT) {
+          float v0[NV], v1[NV];
 #pragma unroll
-        for (int i = 0; i < NMT; ++i) sjp_mma3<SJP_X_LO, true>(acc[i][nt], ah[i], al[i], bh, bl);
+          for (int c = 0; c < NV; ++c) {
+            v0[c] = sjp_word_elem<NV>(xw[d][0], c);
+            v1[c] = sjp_word_elem<NV>(xw[d][1], c);
+          }
+          unsigned int ah[NMT][4], al[NMT][4];
+          sjp_afrags<NMT, SJP_X_LO>(v0, v1, ah, al);
+          if (kk + D < SJP_NT) {  // refill the slot with k-step kk + D
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = 8 * (kk + D) + 2 * q + e;
+              if (j < SJP_T) {
+                sjp_load_cols_raw<NV>(x, j, mw, M, xw[d][e]);
+              } else {
+#pragma unroll
+                for (int c = 0; c < NW; ++c) xw[d][e][c] = 0u;
+              }
+            }
+          }
+          const int wo = sjp_opaque(sjp_wrow(g, q, kk));
+#pragma unroll
+          for (int nt = 0; nt < SJP_NT; ++nt) {
+            unsigned int bh[2], bl[2];
+            sjp_wfrag<true>(Wh, Wl, wo + 8 * nt * SJP_SW, bh, bl);
+#pragma unroll
+            for (int i = 0; i < NMT; ++i)
+              sjp_mma3<SJP_X_LO, true>(acc[i][nt], ah[i], al[i], bh, bl);
+          }
+        }
       }
     }
     // spikes: accumulator (i, nt)[2r + e] is H[8 nt + 2q + e] of column mw + 2i + r

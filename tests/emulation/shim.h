@@ -44,6 +44,12 @@ static sjp_dim3 blockIdx, blockDim, gridDim;
 struct float4 {
   float x, y, z, w;
 };
+struct uint2 {
+  unsigned int x, y;
+};
+struct uint4 {
+  unsigned int x, y, z, w;
+};
 
 // Warp-level barriers (one per warp of the block, initialised by the launch wrapper):
 // shuffles and the mma synchronise only the 32 threads of their warp, so warps may
@@ -120,6 +126,18 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   r.bits = (uint16_t)(u >> 16);
   return r;
 }
+
+static inline unsigned short __half_as_ushort(__half h) {
+  unsigned short u;
+  memcpy(&u, &h.v, 2);
+  return u;
+}
+static inline __half __ushort_as_half(unsigned short u) {
+  __half h;
+  memcpy(&h.v, &u, 2);
+  return h;
+}
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 
 // the fast-math intrinsics, exact here
 static inline float __fdividef(float a, float b) { return a / b; }
