@@ -349,9 +349,8 @@ def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[floa
         s = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
         return T / s, [math.ceil(T / 8)]
     if kernel == "sjp_mpe_backward":
-        # the compiler versions the backward time loop: steps t >= 3 (the window
-        # loads step t - 3) and the last three steps
-        return float(T), [max(T - 3, 0), min(T, 3)]
+        # chunks of SJP_MPE_BCHUNK (4) steps, their loads issued together
+        return float(T), [math.ceil(T / 4)]
     # forward: whole chunks of SJP_MPE_CHUNK (8) steps, then the last T % 8 steps
     return float(T), [T // 8, T % 8]
 

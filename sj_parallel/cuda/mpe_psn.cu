@@ -37,6 +37,7 @@
 
 #define SJP_MPE_BLOCK 128
 #define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2
+#define SJP_MPE_BCHUNK 4  // backward: steps whose loads are issued together
 // compile-time switches (each build has branch-free loops)
 #ifndef SJP_MPE_CURRENT
 #define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
@@ -272,13 +273,14 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     unsigned int lo = (unsigned int)iq;
     bool borrowed = false;  // the counter is in high word hi0 - 1
 #endif
-    // x and estimate of step tq, then move to tq - 1 (before step 0: the carried state)
-    auto next_est = [&](float& xi) {
+    // x and estimate of step tq from its raw bits, then move to tq - 1 (before step 0:
+    // the carried state)
+    auto est_of = [&](float& xi, unsigned int raw) {
       if (tq < 0) {
         xi = 0.0f;
         return SjpEst{uh_init, 0.0f};
       }
-      xi = sjp_load(xq, 0);
+      xi = sjp_float_of(raw);
 #if SJP_MPE_WIDE
       const SjpEst e = sjp_mpe_estimate(xi, kc.get(iq), (unsigned int)iq);
       iq -= M;
@@ -292,74 +294,88 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
       --tq;
       return e;
     };
+    // the raw bits of x at step tq - ahead (0 before step 0)
+    auto load_x = [&](int ahead) -> unsigned int {
+      return tq - ahead >= 0 ? sjp_raw_bits(xq - (sjp_index)ahead * M, 0) : 0u;
+    };
     // rolling window: x, estimate and step values of t and t - 1, estimate of t - 2
     float x_t, x_p, x_pp;
-    SjpEst e_t = next_est(x_t);
-    SjpEst e_p = next_est(x_p);
-    SjpEst e_pp = next_est(x_pp);
+    SjpEst e_t = est_of(x_t, load_x(0));
+    SjpEst e_p = est_of(x_p, load_x(0));
+    SjpEst e_pp = est_of(x_pp, load_x(0));
     SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
     // grad_S may be null (the spikes are not used): then it is 0
     const bool has_gs = grad_s != nullptr;
-    const sjp_scalar* gsp = has_gs ? grad_s + (sjp_index)(T - 1) * M + m : grad_s;
-    sjp_scalar* gxp = grad_x + (sjp_index)(T - 1) * M + m;
+    sjp_index gi = (sjp_index)(T - 1) * M + m;  // grad_S / grad_I of step t
     float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
     float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
+    // Time runs backwards in chunks of SJP_MPE_BCHUNK steps; a chunk's loads (grad_S
+    // of its steps, x of the estimates they move to) are issued together before any
+    // is used and kept packed until their step, so they are in flight at once.
 #pragma unroll 1
-    for (int t = T - 1; t >= 0; --t) {
-      // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
-      // current wiring's loss target of step t
-      SjpStep st_p;
-      float u_before = u_init;
-      if (t >= 1) {
-        st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
-        u_before = st_p.u;
+    for (int tc = T - 1; tc >= 0; tc -= SJP_MPE_BCHUNK) {
+      unsigned int xr[SJP_MPE_BCHUNK], gr[SJP_MPE_BCHUNK];
+#pragma unroll
+      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
+        xr[c] = load_x(c);
+        gr[c] = has_gs && tc - c >= 0 ? sjp_raw_bits(grad_s, gi - (sjp_index)c * M) : 0u;
       }
-      float gs = 0.0f;
-      if (has_gs) {
-        gs = sjp_load(gsp, 0);
-        gsp -= M;
+#pragma unroll
+      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
+        const int t = tc - c;
+        if (t >= 0) {
+          // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
+          // current wiring's loss target of step t
+          SjpStep st_p;
+          float u_before = u_init;
+          if (t >= 1) {
+            st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
+            u_before = st_p.u;
+          }
+          const float gs = sjp_float_of(gr[c]);
+          // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
+          // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
+          float adj_u = 0.0f;
+          float grad_uh = 0.0f;
+          if (t == T - 1) {
+            if (grad_ul) adj_u += sjp_load(grad_ul, m);
+            if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
+          }
+          const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
+          float err;
+          if (current_wiring) {
+            adj_u -= mse_next_term;
+            err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
+          } else {
+            err = e_t.uh - st_t.u;
+            adj_u -= gm * err;
+          }
+          const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
+          acc_v -= sg_term;
+          const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
+          if (current_wiring) {
+            const float cw = (t0 + t) == 0 ? 0.0f : 1.0f;
+            grad_uh += gm * cw * err + tau * cw * grad_h;
+            mse_next_term = gm * cw * err;
+          } else {
+            grad_uh += gm * err + tau * grad_h_next;
+            grad_h_next = grad_h;
+          }
+          if (t == 0) {  // the incoming state's gradients (0 where the wiring has none)
+            if (grad_u0) grad_u0[m] = current_wiring ? -mse_next_term : 0.0f;
+            if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : tau * grad_h;
+          }
+          sjp_store(grad_x, gi, grad_h + grad_uh * e_t.dudx);
+          gi -= M;
+          // shift the window one step back in time
+          x_t = x_p;
+          e_t = e_p;
+          st_t = st_p;
+          x_p = x_pp;
+          e_p = e_pp;
+          e_pp = est_of(x_pp, xr[c]);
+        }
       }
-      // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
-      // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
-      float adj_u = 0.0f;
-      float grad_uh = 0.0f;
-      if (t == T - 1) {
-        if (grad_ul) adj_u += sjp_load(grad_ul, m);
-        if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
-      }
-      const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
-      float err;
-      if (current_wiring) {
-        adj_u -= mse_next_term;
-        err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
-      } else {
-        err = e_t.uh - st_t.u;
-        adj_u -= gm * err;
-      }
-      const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
-      acc_v -= sg_term;
-      const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
-      if (current_wiring) {
-        const float c = (t0 + t) == 0 ? 0.0f : 1.0f;
-        grad_uh += gm * c * err + tau * c * grad_h;
-        mse_next_term = gm * c * err;
-      } else {
-        grad_uh += gm * err + tau * grad_h_next;
-        grad_h_next = grad_h;
-      }
-      if (t == 0) {  // the incoming state's gradients (0 where the wiring has none)
-        if (grad_u0) grad_u0[m] = current_wiring ? -mse_next_term : 0.0f;
-        if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : tau * grad_h;
-      }
-      sjp_store(gxp, 0, grad_h + grad_uh * e_t.dudx);
-      gxp -= M;
-      // shift the window one step back in time
-      x_t = x_p;
-      e_t = e_p;
-      st_t = st_p;
-      x_p = x_pp;
-      e_p = e_pp;
-      e_pp = next_est(x_pp);
     }
   }
   const float r = sjp_block_sum(acc_v, scratch);
