@@ -117,18 +117,23 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
     const sjp_scalar* xp = x + mc;  // row t of this column, stepped by M
     sjp_scalar* sp = s_out + mc;
     // time runs in whole chunks of SEG steps (the ring slot of step t is t mod SEG, a
-    // compile-time index); steps past T load zeros and store nothing
+    // compile-time index); steps past T load zeros and store nothing. A chunk's
+    // inputs are loaded first, all in flight together, and kept packed until used.
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
+      unsigned int xr[SEG];
+#pragma unroll
+      for (int u = 0; u < SEG; ++u)
+        xr[u] = io && t0 + u < T ? sjp_raw_bits(xp, (sjp_index)u * M) : 0u;
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const bool in_t = t0 + u < T;
-        const float xin = io && in_t ? sjp_load(xp, 0) : 0.0f;
-        const float h = sjp_window_step<S, SEG>(ring, wreg, u, xin, seg, bias);
+        const float h =
+            sjp_window_step<S, SEG>(ring, wreg, u, sjp_float_of(xr[u]), seg, bias);
         if (io && in_t) sjp_store(sp, 0, sjp_heaviside(h));
-        xp += M;
         sp += M;
       }
+      xp += (sjp_index)SEG * M;
     }
   }
 }
@@ -177,15 +182,29 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
     // chunk's loads: those registers would spill the windows).
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
+      // one lane per column (PAD): the chunk's inputs first, all in flight together,
+      // packed until used; several lanes: loaded per step (more registers spill)
+      constexpr int NB = PAD ? SEG : 1;
+      unsigned int xraw[NB], graw[NB];
+      if (PAD) {
+#pragma unroll
+        for (int u = 0; u < SEG; ++u) {
+          const bool ld = loads && t0 + u < T;
+          xraw[u % NB] = ld ? sjp_raw_bits(xp, (sjp_index)u * M) : 0u;
+          graw[u % NB] = ld ? sjp_raw_bits(gp, (sjp_index)u * M) : 0u;
+        }
+      }
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const int t = t0 + u;
         if (PAD || t < T) {
-          const bool in_t = !PAD || t < T;
-          const float xin = loads && in_t ? sjp_load(xp, 0) : 0.0f;
-          const float gin = loads && in_t ? sjp_load(gp, 0) : 0.0f;
-          xp += M;
-          gp += M;
+          const bool ld = !PAD && loads;
+          const float xin = PAD  ? sjp_float_of(xraw[u % NB])
+                            : ld ? sjp_load(xp, (sjp_index)u * M)
+                                 : 0.0f;
+          const float gin = PAD  ? sjp_float_of(graw[u % NB])
+                            : ld ? sjp_load(gp, (sjp_index)u * M)
+                                 : 0.0f;
           // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
           // last lane's, output t - SEG*S < T, is complete (delays past k have zero
           // weight)
@@ -207,6 +226,8 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
           if (seg == 0) ab += gh;
         }
       }
+      xp += (sjp_index)SEG * M;
+      gp += (sjp_index)SEG * M;
     }
     // The outputs still in the rings are complete: after the last step run, t_last,
     // output t_last - SEG*seg - e sits in slot (t_last - e) mod SEG; those past T - 1
