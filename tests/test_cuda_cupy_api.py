@@ -21,6 +21,8 @@ cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
 from cupy_backends.cuda.api import driver, runtime  # noqa: E402
 from cupy_backends.cuda.libs import nvrtc  # noqa: E402
 
+pytestmark = pytest.mark.sj_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE = 'extern "C" __global__ void sjp_probe(float* p) { p[threadIdx.x] = 1.0f; }'
 DEVICE_ERRORS = (runtime.CUDARuntimeError, driver.CUDADriverError, RuntimeError)

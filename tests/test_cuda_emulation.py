@@ -19,7 +19,10 @@ from sj_parallel import reference as ref
 from sj_parallel.backends import _cuda as C
 from sj_parallel.backends import torch_backend as tb
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is missing")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is missing"),
+    pytest.mark.sj_independent,
+]
 
 from emulation import harness as H  # noqa: E402
 

@@ -246,11 +246,11 @@ def psn_backward_geometry(t: int, dtype: torch.dtype = torch.float32) -> Dict[st
 
 def psn_forward_ahead(t: int, dtype: torch.dtype = torch.float32) -> int:
     """k-steps (8 rows each) of X the tensor-core PSN forward (``T = t > 8``) keeps
-    in flight (psn.cu's SJP_F_AHEAD): half types up to 4, float32 2 for
-    16 < T <= 32."""
+    in flight (psn.cu's SJP_F_AHEAD): half types all of them for T <= 32, 4 above
+    T = 56, else 2; float32 2 for 16 < T <= 32, else 1."""
     nt = (t + 7) // 8
     if dtype != torch.float32:
-        return min(nt, 4)
+        return nt if nt <= 4 else 4 if nt == 8 else 2
     return 2 if 2 < nt <= 4 else 1
 
 

@@ -253,11 +253,11 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
 #define SJP_FWD_BLOCK 256
 #define SJP_F_NMT (SJP_NT <= 2 ? 2 : 1)  // 16-column m-tiles per warp
 #define SJP_FWD_COLS (8 * 16 * SJP_F_NMT)
-// k-steps of X in flight (_cuda.psn_forward_ahead): half types up to 4 (all of them
-// for T <= 32); float32 2 for 16 < T <= 32 (lanes of 2 columns; more registers spill
-// above T = 32), else 1
+// k-steps of X in flight (_cuda.psn_forward_ahead): half types all of them for
+// T <= 32, 4 at T > 56, else 2 (4 spills on sm_80 there); float32 2 for 16 < T <= 32
+// (lanes of 2 columns; more registers spill above T = 32), else 1
 #if SJP_DTYPE != 0
-#define SJP_F_AHEAD (SJP_NT < 4 ? SJP_NT : 4)
+#define SJP_F_AHEAD (SJP_NT <= 4 ? SJP_NT : SJP_NT == 8 ? 4 : 2)
 #else
 #define SJP_F_AHEAD (SJP_NT > 2 && SJP_NT <= 4 ? 2 : 1)
 #endif
