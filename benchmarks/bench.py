@@ -212,12 +212,33 @@ def aux_loss(m) -> Optional[torch.Tensor]:
     return None
 
 
+#: On a GPU the inputs rotate over copies totalling at least this many bytes, more
+#: than the L2 cache of an H100/H200 (50 MB): every timed pass reads from DRAM.
+ROTATE_BYTES = 64 << 20
+
+
 def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
     """Speed and memory of every module of ``factories`` (name -> factory) on the
-    same input, their timed runs interleaved (see :func:`_timer`)."""
-    x = torch.randn(T, n, device=device, dtype=dtype)
-    g = torch.randn_like(x)
-    xg = x.clone().requires_grad_(True)
+    same input, their timed runs interleaved (see :func:`_timer`). On a GPU: the
+    inputs rotate over copies larger than L2 together, the first call (NVRTC compile
+    included) is reported apart (``first_call_s``), and the host time of a
+    forward+backward (until the call returns, work queued) next to the device time
+    (CUDA events)."""
+    rot = 1
+    if device.type == "cuda":
+        nbytes = T * n * torch.empty((), dtype=dtype).element_size()
+        rot = min(64, max(1, -(-ROTATE_BYTES // max(nbytes, 1))))
+    xs = [torch.randn(T, n, device=device, dtype=dtype) for _ in range(rot)]
+    gs = [torch.randn_like(xs[0]) for _ in range(rot)]
+    xgs = [t.clone().requires_grad_(True) for t in xs]
+    turn = [0]
+
+    def inputs():
+        i = turn[0] % rot
+        turn[0] += 1
+        return xs[i], xgs[i], gs[i]
+
+    xg = xgs[0]  # saved_bytes and peak memory use the first copy
     mods = {}
     for key, factory in factories.items():
         m = factory().to(device)
@@ -228,13 +249,14 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
     def fwd(m):
         def run():
             m.train()
-            m(xg)
+            m(inputs()[1])
             functional.reset_net(m)
 
         return run
 
     def fwd_bwd(m):
         def run():
+            _, xg, g = inputs()
             m.train()
             out = m(xg)
             loss = (out * g).sum()
@@ -253,12 +275,19 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
         def run():
             m.eval()
             with torch.no_grad():
-                m(x)
+                m(inputs()[0])
             functional.reset_net(m)
 
         return run
 
     rows = {key: {} for key in mods}
+    if device.type == "cuda":  # the first call: kernel compile and module load
+        for key, m in mods.items():
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fwd_bwd(m)()
+            torch.cuda.synchronize(device)
+            rows[key]["first_call_s"] = time.perf_counter() - t0
     for name, make in (
         ("forward", fwd),
         ("forward_backward", fwd_bwd),
@@ -270,6 +299,16 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
                 fn()
         for key, t in timer(fns, a.repeats).items():
             rows[key][f"{name}_s"] = t
+        if device.type == "cuda" and name == "forward_backward":
+            for key, fn in fns.items():  # host time: until the pass is queued
+                host = []
+                for _ in range(a.repeats):
+                    torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    host.append(time.perf_counter() - t0)
+                torch.cuda.synchronize(device)
+                rows[key]["forward_backward_host_s"] = statistics.median(host)
     for key, m in mods.items():
         m.train()
         rows[key]["saved_bytes"] = saved_bytes(lambda m=m: m(xg))

@@ -80,7 +80,7 @@ from sj_parallel.backends import _cuda as C  # noqa: E402
 from sj_parallel.backends import _occupancy as O  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "sjp_kernel_model_cache"
-SASS_FORMAT = "sass-v2"  # (address, opcode, target, operands) per instruction
+SASS_FORMAT = "sass-v3"  # (address, opcode, target, operands) per instruction
 BIN = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bin"
 DTYPE_NAMES = {
     torch.float32: "float32",
@@ -290,6 +290,19 @@ def compile_variant(v: C.KernelVariant, arch: int) -> Dict[str, dict]:
                     "-o", str(cubin)]).stderr  # fmt: skip
         sass = _run([str(BIN / "cuobjdump"), "-sass", str(cubin)]).stdout
     out = {}
+    # device functions the kernels call (sjp_finish_sums in psn.cu): their spills and
+    # stack count for every kernel of the module (conservatively)
+    called = [
+        (int(st), int(ss) + int(sl))
+        for name, st, ss, sl in re.findall(
+            r"Function properties for (\S+)\n\s+(\d+) bytes stack frame, "
+            r"(\d+) bytes spill stores, (\d+) bytes spill loads",
+            log,
+        )
+        if name not in C.KERNELS[v.name]
+    ]
+    callee_stack = max((st for st, _ in called), default=0)
+    callee_spill = max((sp for _, sp in called), default=0)
     for kernel in C.KERNELS[v.name]:
         m = re.search(
             rf"Compiling entry function '{kernel}'.*?(\d+) bytes stack frame, "
@@ -305,8 +318,8 @@ def compile_variant(v: C.KernelVariant, arch: int) -> Dict[str, dict]:
                 o if not o.startswith("-I") else "-I<CUDA headers>" for o in opts
             ],
             "registers": int(m.group(4)),
-            "stack_bytes": int(m.group(1)),
-            "spill_bytes": int(m.group(2)) + int(m.group(3)),
+            "stack_bytes": int(m.group(1)) + callee_stack,
+            "spill_bytes": int(m.group(2)) + int(m.group(3)) + callee_spill,
             "static_smem_bytes": int(smem.group(1)) if smem else 0,
             "sass": _sass_of(sass, kernel),
         }

@@ -273,12 +273,19 @@ __device__ __forceinline__ float sjp_sum_rows(const float* part, int n, int b0, 
   return s;
 }
 
+// Inlined into the kernel by default; psn.cu keeps it a separate function
+// (SJP_FINISH_INLINE = __noinline__), which keeps its tensor-core backward within 64
+// registers without spills.
+#ifndef SJP_FINISH_INLINE
+#define SJP_FINISH_INLINE __forceinline__
+#endif
+
 // The end of a kernel that wrote its block's partial sums to work[blockIdx.x][0..n):
 // the fixed-order sum over the blocks, divided by `divisor`, goes to out0[i] for
 // i < n0 and to out1[i - n0] for n0 <= i < n. work holds grid rows of partials and then
 // ceil(grid / SJP_GROUP) rows of group sums; counters holds ceil(grid / SJP_GROUP) + 1
 // zeros (left zero). Every thread of every block must call it.
-__device__ __forceinline__ void sjp_finish_sums(float* work, unsigned int* counters, int n,
+__device__ SJP_FINISH_INLINE void sjp_finish_sums(float* work, unsigned int* counters, int n,
                                              float* out0, int n0, float* out1,
                                              float divisor) {
   const int grid = (int)gridDim.x, groups = (grid + SJP_GROUP - 1) / SJP_GROUP;

@@ -46,6 +46,8 @@
 //   fixed order; sjp_finish_sums (common.cuh) then adds the partials over blocks in a
 //   fixed order inside the same launch and writes grad_W [T][T] and grad_b [T].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X); H is recomputed, never stored.
+// the sums over blocks as a called function (see common.cuh)
+#define SJP_FINISH_INLINE __noinline__
 #include "common.cuh"
 
 #ifndef SJP_T
