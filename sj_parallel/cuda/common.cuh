@@ -273,9 +273,9 @@ __device__ __forceinline__ float sjp_sum_rows(const float* part, int n, int b0, 
   return s;
 }
 
-// Inlined into the kernel by default; psn.cu keeps it a separate function
-// (SJP_FINISH_INLINE = __noinline__), which keeps its tensor-core backward within 64
-// registers without spills.
+// Inlined into the kernel by default; psn.cu's tensor-core backward keeps it a
+// separate function (SJP_FINISH_INLINE = __noinline__), which keeps that kernel within
+// 64 registers without spills.
 #ifndef SJP_FINISH_INLINE
 #define SJP_FINISH_INLINE __forceinline__
 #endif

@@ -46,8 +46,11 @@
 //   fixed order; sjp_finish_sums (common.cuh) then adds the partials over blocks in a
 //   fixed order inside the same launch and writes grad_W [T][T] and grad_b [T].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X); H is recomputed, never stored.
-// the sums over blocks as a called function (see common.cuh)
+// the tensor-core backward (T > 4) calls the sums over blocks as a function (see
+// common.cuh)
+#if defined(SJP_T) && SJP_T > 4
 #define SJP_FINISH_INLINE __noinline__
+#endif
 #include "common.cuh"
 
 #ifndef SJP_T
