@@ -437,7 +437,6 @@ def test_limits_and_double_backward_are_refused(gpu):
 def test_cupy_import_failure_names_the_fix(monkeypatch):
     import sys
 
-    monkeypatch.setattr(C, "_cupy_module", None)
     monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
     with pytest.raises(ImportError, match="backend 'cupy'") as info:
         C.get_kernel("psn", "sjp_psn_forward", torch.float32, 4, C.psn_flags(0), 0)

@@ -384,20 +384,17 @@ class _Counters:
 #: Put in a kernel's argument list where it takes its ``unsigned int* counters``.
 COUNTERS = _Counters()
 
-_cupy_module = None
-
 
 def _cupy():
-    global _cupy_module
-    if _cupy_module is None:
-        try:
-            import cupy
-        except Exception as e:  # the real reason and a fix, original chained
-            from . import cupy_unavailable_message
+    """``import cupy`` (a dictionary look-up once imported), or an ``ImportError``
+    with the real reason and a fix, the original exception chained."""
+    try:
+        import cupy
+    except Exception as e:  # the real reason and a fix, original chained
+        from . import cupy_unavailable_message
 
-            raise ImportError(cupy_unavailable_message(e)) from e
-        _cupy_module = cupy
-    return _cupy_module
+        raise ImportError(cupy_unavailable_message(e)) from e
+    return cupy
 
 
 @functools.cache
