@@ -12,6 +12,7 @@ MaskedPSN and SlidingPSN (torch), SpikingJelly's LIFNode (torch; its CuPy backen
 
     python benchmarks/bench.py --quick            # about 30 s on 2 CPU cores
     python benchmarks/bench.py --device cuda      # the full grid on a GPU
+    python benchmarks/bench.py --host-overhead    # the cupy ops' host time, no GPU
 
 Writes ``results.json``, ``results.csv`` and PNG plots to ``--out`` and prints ratio
 tables and the target checks (PASS/MISS).
@@ -67,7 +68,15 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", default="benchmarks/results/latest")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--host-overhead",
+        action="store_true",
+        help="CPU: host time of the cupy ops' Python path (kernel call stubbed) "
+        "against SpikingJelly's forward+backward on a tiny tensor",
+    )
     a = p.parse_args(argv)
+    if a.host_overhead:
+        return a
     dev = torch.device(a.device)
     if a.T is None:
         a.T = [4, 16, 64] if a.quick else [4, 8, 16, 32, 64]
@@ -221,12 +230,33 @@ def aux_loss(m) -> Optional[torch.Tensor]:
     return None
 
 
+#: On a GPU the inputs rotate over copies totalling at least this many bytes, more
+#: than the L2 cache of an H100/H200 (50 MB): every timed pass reads from DRAM.
+ROTATE_BYTES = 64 << 20
+
+
 def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
     """Speed and memory of every module of ``factories`` (name -> factory) on the
-    same input, their timed runs interleaved (see :func:`_timer`)."""
-    x = torch.randn(T, n, device=device, dtype=dtype)
-    g = torch.randn_like(x)
-    xg = x.clone().requires_grad_(True)
+    same input, their timed runs interleaved (see :func:`_timer`). On a GPU: the
+    inputs rotate over copies larger than L2 together, the first call (NVRTC compile
+    included) is reported apart (``first_call_s``), and the host time of a
+    forward+backward (until the call returns, work queued) next to the device time
+    (CUDA events)."""
+    rot = 1
+    if device.type == "cuda":
+        nbytes = T * n * torch.empty((), dtype=dtype).element_size()
+        rot = min(64, max(1, -(-ROTATE_BYTES // max(nbytes, 1))))
+    xs = [torch.randn(T, n, device=device, dtype=dtype) for _ in range(rot)]
+    gs = [torch.randn_like(xs[0]) for _ in range(rot)]
+    xgs = [t.clone().requires_grad_(True) for t in xs]
+    turn = [0]
+
+    def inputs():
+        i = turn[0] % rot
+        turn[0] += 1
+        return xs[i], xgs[i], gs[i]
+
+    xg = xgs[0]  # saved_bytes and peak memory use the first copy
     mods = {}
     for key, factory in factories.items():
         m = factory().to(device)
@@ -237,13 +267,14 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
     def fwd(m):
         def run():
             m.train()
-            m(xg)
+            m(inputs()[1])
             functional.reset_net(m)
 
         return run
 
     def fwd_bwd(m):
         def run():
+            _, xg, g = inputs()
             m.train()
             out = m(xg)
             loss = (out * g).sum()
@@ -262,12 +293,19 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
         def run():
             m.eval()
             with torch.no_grad():
-                m(x)
+                m(inputs()[0])
             functional.reset_net(m)
 
         return run
 
     rows = {key: {} for key in mods}
+    if device.type == "cuda":  # the first call: kernel compile and module load
+        for key, m in mods.items():
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fwd_bwd(m)()
+            torch.cuda.synchronize(device)
+            rows[key]["first_call_s"] = time.perf_counter() - t0
     for name, make in (
         ("forward", fwd),
         ("forward_backward", fwd_bwd),
@@ -279,6 +317,16 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
                 fn()
         for key, t in timer(fns, a.repeats).items():
             rows[key][f"{name}_s"] = t
+        if device.type == "cuda" and name == "forward_backward":
+            for key, fn in fns.items():  # host time: until the pass is queued
+                host = []
+                for _ in range(a.repeats):
+                    torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    host.append(time.perf_counter() - t0)
+                torch.cuda.synchronize(device)
+                rows[key]["forward_backward_host_s"] = statistics.median(host)
     for key, m in mods.items():
         m.train()
         rows[key]["saved_bytes"] = saved_bytes(lambda m=m: m(xg))
@@ -291,8 +339,134 @@ def measure_group(factories, T, n, dtype, device, a, timer) -> Dict[str, dict]:
     return rows
 
 
+# ------------------------------------------------------------- host overhead
+def host_overhead(a) -> int:
+    """The host (CPU) time of one forward+backward of each cupy op, with only the
+    kernel launch itself stubbed, next to SpikingJelly's module on the same tiny CPU
+    tensor ([T=8, N=16]: its time is dispatch, not arithmetic), interleaved medians.
+
+    The cupy ops run their real Python path -- the neuron's functional call, custom
+    op / autograd dispatch, the launcher's caches, allocations, argument lists --
+    on the CPU with the fake device of ``tests/emulation/fake_gpu.py`` (light
+    stand-ins for ``cupy.cuda.Device``, torch's current stream and device properties;
+    the ``cupy.RawKernel`` call returns at once). Not included: the CUDA driver's
+    launch (``cuLaunchKernel`` through CuPy's argument packing, a few microseconds per
+    launch on a GPU host), which SpikingJelly's aten ops pay as well on a GPU.
+    """
+    import pytest  # MonkeyPatch, for the fake device
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from emulation import fake_gpu
+    from spikingjelly.activation_based import surrogate
+
+    import sj_parallel.backends.cupy_backend as cb
+
+    T, N = 8, 16
+    torch.manual_seed(0)
+    sg = surrogate.ATan()
+    x = torch.randn(T, N, requires_grad=True)
+    g = torch.randn(T, N)
+    leaves = [x]
+
+    def leaf(t):
+        t = t.clone().requires_grad_(True)
+        leaves.append(t)
+        return t
+
+    W, b = leaf(torch.randn(T, T) / T), leaf(torch.full((T, 1), -1.0))
+    w, bs = leaf(torch.tensor([0.5, 1.0])), leaf(torch.tensor(-1.0))
+    v = leaf(torch.tensor(1.0))
+    mpe_kw = dict(estimate_from="previous", stochastic=True, seed=(1, 2), t0=0,
+                  u_hat0=None, u0=None, need_mse=True)  # fmt: skip
+    gm = torch.randn(T)
+
+    def ours_psn():
+        cb.psn(x, W, b, sg).backward(g)
+
+    def ours_sliding():
+        cb.sliding_psn(x, w, bs, sg).backward(g)
+
+    def ours_mpe():
+        s, mse, _, _ = cb.mpe_psn(x, v, 0.25, surrogate.PiecewiseQuadratic(1.0),
+                                  **mpe_kw)  # fmt: skip
+        torch.autograd.backward([s, mse], [g, gm])
+
+    def module(m):
+        def run():
+            out = m(x)
+            loss = (out * g).sum()
+            if isinstance(m, AuthorsMPEPSN):
+                loss = loss + m.mem_loss
+            loss.backward()
+            if isinstance(m, base.MemoryModule):
+                functional.reset_net(m)
+
+        return run
+
+    pairs = {"psn": (ours_psn, "SpikingJelly PSN", None),
+             "sliding-psn": (ours_sliding, "SpikingJelly SlidingPSN", None),
+             "mpe-psn": (ours_mpe, "MPE-PSN authors' code", None)}  # fmt: skip
+    if _compat.SJ_HAS_PSN:
+        pairs["psn"] = (ours_psn, "SpikingJelly PSN", module(_compat.SJ_PSN(T)))
+        sliding = _compat.SJ_SLIDING_PSN(K, step_mode="m")
+        pairs["sliding-psn"] = (ours_sliding, "SpikingJelly SlidingPSN",
+                                module(sliding))  # fmt: skip
+    authors = AuthorsMPEPSN(T, batch_first=False)
+    pairs["mpe-psn"] = (ours_mpe, "MPE-PSN authors' code", module(authors))
+    repeats = a.repeats or 300
+    rows = []
+    with pytest.MonkeyPatch.context() as mp:
+        gpu = fake_gpu.install(mp, light=True)
+        timer = _timer(torch.device("cpu"))
+        for name, (ours, base_name, theirs) in pairs.items():
+            fns = {"ours": ours}
+            if theirs is not None:
+                fns["base"] = theirs
+            for fn in fns.values():  # warm-up: kernels built, caches filled
+                for _ in range(20):
+                    fn()
+            before = gpu.calls
+            ours()
+            launches = gpu.calls - before
+            for t in leaves:
+                t.grad = None
+            med = timer(fns, repeats)
+            base_us = med["base"] * 1e6 if "base" in med else None
+            row = {"neuron": name, "ours_us": med["ours"] * 1e6,
+                   "launches_fwd_bwd": launches, "baseline": base_name,
+                   "baseline_us": base_us}  # fmt: skip
+            row["ratio"] = (row["ours_us"] / row["baseline_us"]
+                            if row["baseline_us"] else None)  # fmt: skip
+            rows.append(row)
+    lines = [
+        f"# host time per forward+backward, [T={T}, N={N}] CPU tensors, median of "
+        f"{repeats} interleaved runs (SpikingJelly {_compat.SJ_VERSION}, torch "
+        f"{torch.__version__}, {os.cpu_count()} CPUs); cupy ops: kernel launch stubbed",
+        "| neuron | cupy op host us | launches (fwd+bwd) | baseline | baseline us | "
+        "ratio | target <= 1.0x |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        base_us = f"{r['baseline_us']:.1f}" if r["baseline_us"] else "-"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        verdict = "-" if r["ratio"] is None else "PASS" if r["ratio"] <= 1 else "MISS"
+        lines.append(
+            f"| {r['neuron']} | {r['ours_us']:.1f} | {r['launches_fwd_bwd']} | "
+            f"{r['baseline']} | {base_us} | {ratio} | {verdict} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "host_overhead.json").write_text(json.dumps(rows, indent=1))
+    (out / "host_overhead.md").write_text(text + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.host_overhead:
+        return host_overhead(a)
     device = torch.device(a.device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,3 +46,35 @@ def test_benchmark_smallest_run(tmp_path):
         )
     assert (out / "results.csv").exists() and (out / "speedup_memory.png").exists()
     assert "target checks pass" in proc.stdout
+
+
+def test_host_overhead_mode(tmp_path):
+    """--host-overhead: the cupy ops' host path on the fake device, 2 launches per
+    forward+backward, next to SpikingJelly's (or the MPE-PSN authors') modules."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed")
+    out = tmp_path / "host"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--host-overhead",
+            "--repeats",
+            "5",
+            "--out",
+            str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "host_overhead.json").read_text())
+    assert [r["neuron"] for r in rows] == ["psn", "sliding-psn", "mpe-psn"]
+    for r in rows:
+        assert r["launches_fwd_bwd"] == 2 and r["ours_us"] > 0
+    assert "| psn |" in (out / "host_overhead.md").read_text()

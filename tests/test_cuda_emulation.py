@@ -19,7 +19,10 @@ from sj_parallel import reference as ref
 from sj_parallel.backends import _cuda as C
 from sj_parallel.backends import torch_backend as tb
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is missing")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is missing"),
+    pytest.mark.sj_independent,
+]
 
 from emulation import harness as H  # noqa: E402
 
@@ -66,9 +69,18 @@ def sg_args(sg):
     return C.sg_flags(kind), (a, c, d)
 
 
-def run_psn(T, x, W, b, g, sg, grid=2, **load_kw):
+def reduce_args(grid, n, grad_outs):
+    """The outputs of a kernel's sums over blocks (poisoned), its scratch and its
+    ticket counters (zero), as the launcher passes them."""
+    work = H.poisoned((C.reduce_workspace(grid, n),), torch.float32)
+    counters = torch.zeros(C.reduce_counters(grid), dtype=torch.int32)
+    return [H.poisoned(shape, torch.float32) for shape in grad_outs], work, counters
+
+
+def run_psn(T, x, W, b, g, sg, grid=2, order="forward", **load_kw):
     """Forward and backward of the PSN kernels as the launcher runs them (the
-    launch configuration of _cuda.launch_config, per-block partials summed)."""
+    launch configuration of _cuda.launch_config; the sums over blocks in the
+    kernel), blocks run in ``order``."""
     M = x.shape[1]
     dtype = x.dtype
     kind, *sgp = C.surrogate_params(sg)
@@ -79,12 +91,13 @@ def run_psn(T, x, W, b, g, sg, grid=2, **load_kw):
     lib.launch("sjp_psn_forward", grid, block, x, W, b, s, M, smem=smem)
     block, _, smem = C.launch_config("psn", "sjp_psn_backward", T, dtype=dtype)
     gx = H.poisoned((T, M), dtype)
-    gw = H.poisoned((grid, T, T), torch.float32)
-    gb = H.poisoned((grid, T), torch.float32)
+    (gw, gb), work, counters = reduce_args(grid, T * T + T, [(T, T), (T,)])
     lib.launch(
-        "sjp_psn_backward", grid, block, x, g, W, b, gx, gw, gb, M, *sgp, smem=smem,
+        "sjp_psn_backward", grid, block, x, g, W, b, gx, gw, gb, work, counters, M,
+        *sgp, smem=smem, order=order,
     )  # fmt: skip
-    return s, gx, gw.sum(0), gb.sum(0)
+    assert not counters.any(), "the kernel must leave its counters at zero"
+    return s, gx, gw, gb
 
 
 # T: the FP32-FMA kernels (forward T <= 8 with 8 or 4 columns per thread, backward
@@ -134,7 +147,7 @@ def test_emulated_psn_forward_backward(dtype, T, M):
 
 
 # --------------------------------------------------------------------- sliding
-def run_sliding(k, x, w, b, g, sg, grid=2, **load_kw):
+def run_sliding(k, x, w, b, g, sg, grid=2, order="forward", **load_kw):
     T, M = x.shape
     flags, sgp = sg_args(sg)
     lib = H.load("sliding", x.dtype, k, flags, **load_kw)
@@ -143,13 +156,13 @@ def run_sliding(k, x, w, b, g, sg, grid=2, **load_kw):
     lib.launch("sjp_sliding_forward", grid, block, x, w, b, s, M, T, smem=smem)
     block, _, smem = C.launch_config("sliding", "sjp_sliding_backward", k)
     gx = H.poisoned((T, M), x.dtype)
-    part = H.poisoned((grid, k + 1), torch.float32)
+    (gw, gb), work, counters = reduce_args(grid, k + 1, [(k,), (1,)])
     lib.launch(
-        "sjp_sliding_backward", grid, block, x, g, w, b, gx, part, M, T, *sgp,
-        smem=smem,
+        "sjp_sliding_backward", grid, block, x, g, w, b, gx, gw, gb, work, counters,
+        M, T, *sgp, smem=smem, order=order,
     )  # fmt: skip
-    total = part.sum(0)
-    return s, gx, total[:k], total[k:]
+    assert not counters.any(), "the kernel must leave its counters at zero"
+    return s, gx, gw, gb
 
 
 # k: one lane per column (k <= 8 backward, <= 16 forward), 2/4/8 lanes; T shorter
@@ -199,13 +212,14 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
     s = H.poisoned((T, M), dtype)
     uhl = H.poisoned((M,), dtype)
     ul = H.poisoned((M,), dtype)
-    err = H.poisoned((grid, T), torch.float32)
+    (mse,), work, counters = reduce_args(grid, T, [(T,)])
     block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
     lib.launch(
-        "sjp_mpe_forward", grid, block, x, uh0, u0, s, uhl, ul, err, v, M, T, tau,
+        "sjp_mpe_forward", grid, block, x, uh0, u0, s, uhl, ul, mse,
+        work if need_mse else None, counters if need_mse else None, v, M, T, tau,
         seed[0], seed[1], t0, smem=smem,
     )  # fmt: skip
-    mse = err.sum(0) if need_mse else None
+    assert not counters.any()
     x64 = x.double().requires_grad_(True)
     v64 = v.double().reshape(()).requires_grad_(True)
     uh064 = None if uh0 is None else uh0.double().requires_grad_(True)
@@ -226,24 +240,24 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
         keep = s[-1].double() == rs[-1].detach()
         _close(ul[keep], rul.detach()[keep], dtype, what + " u_last")
     if need_mse:
-        _close(mse / M, rmse.detach(), dtype, what + " mse", scale=rmse.abs().max() + 1)
+        _close(mse, rmse.detach(), dtype, what + " mse", scale=rmse.abs().max() + 1)
     else:
-        assert torch.isnan(err).all()  # nothing written without need_mse
+        assert torch.equal(mse, torch.zeros(T))  # the kernel writes mse = 0
     # backward
     g_s = torch.randn(T, M).to(dtype)
     g_mse = torch.randn(T) if need_mse else None
     g_uhl = torch.randn(M).to(dtype) if state else None
     g_ul = torch.randn(M).to(dtype) if state else None
     gx = H.poisoned((T, M), dtype)
-    guh0 = torch.zeros(M)
-    gu0 = torch.zeros(M)
-    gv_part = H.poisoned((grid,), torch.float32)
+    guh0 = H.poisoned((M,), torch.float32)  # written for every column
+    gu0 = H.poisoned((M,), torch.float32)
+    (gv,), work, counters = reduce_args(grid, 1, [(1,)])
     block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
     lib.launch(
         "sjp_mpe_backward", grid, block, x, uh0, u0, g_s, g_mse, g_uhl, g_ul, gx, guh0,
-        gu0, gv_part, v, M, T, tau, seed[0], seed[1], t0, *sgp, smem=smem,
+        gu0, gv, work, counters, v, M, T, tau, seed[0], seed[1], t0, *sgp, smem=smem,
     )  # fmt: skip
-    gv = gv_part.sum().reshape(1)
+    assert not counters.any()
     outs = [rs, ruhl, rul]
     grads = [g_s.double(), None if g_uhl is None else g_uhl.double()]
     grads.append(None if g_ul is None else g_ul.double())
@@ -260,10 +274,13 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
     if state:
         exp_uh0 = rg[2] if rg[2] is not None else torch.zeros(M, dtype=torch.float64)
         exp_u0 = rg[3] if rg[3] is not None else torch.zeros(M, dtype=torch.float64)
+        # both are written for every column, 0 where the wiring has no such gradient
         if wiring == "previous":
             _close(guh0, exp_uh0, dtype, what + " grad_u_hat0")
-        elif need_mse:
+            assert torch.equal(gu0, torch.zeros(M)), what
+        else:
             _close(gu0, exp_u0, dtype, what + " grad_u0")
+            assert torch.equal(guh0, torch.zeros(M)), what
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -319,12 +336,12 @@ def test_emulated_hash_equals_reference():
         s = H.poisoned((T, M), torch.float32)
         uhl = H.poisoned((M,), torch.float32)
         ul = H.poisoned((M,), torch.float32)
-        err = torch.zeros(2, T)
+        mse = H.poisoned((T,), torch.float32)
         block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
         xt = x[:T].contiguous()
         lib.launch(
-            "sjp_mpe_forward", 2, block, xt, None, None, s, uhl, ul, err, v, M, T, tau,
-            42, 43, t0, smem=smem,
+            "sjp_mpe_forward", 2, block, xt, None, None, s, uhl, ul, mse, None, None, v,
+            M, T, tau, 42, 43, t0, smem=smem,
         )  # fmt: skip
         b = ref.mpe_bernoulli(xt[-1:], (42, 43), t0 + T - 1)[0]
         assert torch.equal(uhl, (1 - b) * xt[-1]), (t0, T)
@@ -389,16 +406,16 @@ def _run_mpe_pair(lib, x, g, grid=3):
     v = torch.tensor([0.7])
     s = H.poisoned((T, M), x.dtype)
     uhl, ul = H.poisoned((M,), x.dtype), H.poisoned((M,), x.dtype)
-    err = H.poisoned((grid, T), torch.float32)
+    (mse,), work, counters = reduce_args(grid, T, [(T,)])
     block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
-    lib.launch("sjp_mpe_forward", grid, block, x, None, None, s, uhl, ul, err, v, M,
-               T, 0.25, 5, 6, 0, smem=smem)  # fmt: skip
+    lib.launch("sjp_mpe_forward", grid, block, x, None, None, s, uhl, ul, mse, work,
+               counters, v, M, T, 0.25, 5, 6, 0, smem=smem)  # fmt: skip
     gx = H.poisoned((T, M), x.dtype)
-    gv = H.poisoned((grid,), torch.float32)
+    (gv,), work, counters = reduce_args(grid, 1, [(1,)])
     gm = torch.ones(T)
     block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
     lib.launch("sjp_mpe_backward", grid, block, x, None, None, g, gm, None, None, gx,
-               None, None, gv, v, M, T, 0.25, 5, 6, 0,
+               None, None, gv, work, counters, v, M, T, 0.25, 5, 6, 0,
                *C.surrogate_params(surrogate.PiecewiseQuadratic(alpha=1.0))[1:],
                smem=smem)  # fmt: skip
-    return s, err.sum(0), gx, gv.sum().reshape(1)
+    return s, mse, gx, gv

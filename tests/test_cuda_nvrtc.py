@@ -19,6 +19,8 @@ from sj_parallel.backends import _cuda as C
 
 pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
 
+pytestmark = pytest.mark.sj_independent
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DTYPES = ["torch.float32", "torch.float16", "torch.bfloat16"]
 

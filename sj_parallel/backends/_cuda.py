@@ -1,16 +1,28 @@
 """A small NVRTC launcher for the kernels in ``sj_parallel/cuda``.
 
-* Sources are the package's ``.cu`` files; ``#include "common.cuh"`` is inlined so one
-  string is the whole translation unit (it is also the cache key).
-* Kernels are compiled by NVRTC through ``cupy.RawModule`` and cached per
-  (source, options, device).
-* Launches go on torch's current CUDA stream and are checked for launch errors.
+* Sources are the package's ``.cu`` files, read once per process; ``#include
+  "common.cuh"`` is inlined so one string is the whole translation unit.
+* Kernels are compiled by NVRTC through ``cupy.RawModule`` the first time a variant
+  (file, kernel, dtype, compile-time constant, switches) is used on a device; the
+  compiled kernel, its attributes (registers, static shared memory, read inside
+  ``cupy.cuda.Device(index)``) and its grid sizes are cached per
+  ``(file, kernel, dtype, constant, switches, device)``, so a launch after the first is
+  a few dictionary look-ups.
+* The device is the one the tensors are on (``tensor.device.index``), never
+  ``torch.cuda.current_device()``. Launches go on torch's current stream of that
+  device, pass every buffer as an address and allocate nothing outside torch's
+  allocator, so they can be captured in CUDA graphs. CuPy launches through the driver
+  API, which raises a launch error synchronously.
 * Pointers travel as 64-bit integers, so float16/bfloat16 tensors need no CuPy dtype.
 
 The same :func:`kernel_source`, :func:`variant_options` and :func:`launch_config` feed
 the NVRTC compile checks, the CPU emulation harness in ``tests/`` and the static
 performance model in ``benchmarks/kernel_model.py``, so what is tested is what runs.
 SpikingJelly's own CuPy helpers are not used (their paths differ between versions).
+
+Supported CuPy: 13.0 to 14.x (``cupy-cuda12x`` >= 13.0, ``cupy-cuda13x`` >= 13.6, the
+first CUDA 13 wheel); ``tests/test_cuda_cupy_api.py`` checks the installed CuPy has
+every attribute and signature used here.
 """
 
 from __future__ import annotations
@@ -43,8 +55,10 @@ SLIDING_MAX_K = 64
 MPE_MAX_T_MSE = 1024
 
 
+@functools.cache
 def kernel_source(name: str) -> str:
-    """The full CUDA source of kernel file ``name`` with common.cuh inlined."""
+    """The full CUDA source of kernel file ``name`` with common.cuh inlined (read once
+    per process)."""
     text = (CUDA_DIR / KERNEL_FILES[name]).read_text()
     common = (CUDA_DIR / "common.cuh").read_text()
     return text.replace('#include "common.cuh"', common)
@@ -223,6 +237,17 @@ def psn_backward_geometry(t: int, dtype: torch.dtype = torch.float32) -> Dict[st
             "ng": ng, "s3": s3, "kg": kg}  # fmt: skip
 
 
+def psn_forward_ahead(t: int, dtype: torch.dtype = torch.float32) -> int:
+    """k-steps (8 rows each) of X the tensor-core PSN forward (``T = t > 8``) keeps
+    in flight (psn.cu's SJP_F_AHEAD): half types all of them for T <= 32, 4 above
+    T = 56, else 2; float32 2 for 16 < T <= 32, else 1."""
+    nt = (t + 7) // 8
+    if dtype != torch.float32:
+        return nt if nt <= 4 else 4 if nt == 8 else 2
+    return 2 if 2 < nt <= 4 else 1
+
+
+@functools.cache
 def launch_config(
     name: str,
     kernel: str,
@@ -305,10 +330,36 @@ def include_options(nvrtc_major: Optional[int] = None) -> Tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- launch
-_MODULES: Dict[tuple, object] = {}
+#: Blocks per group of the kernels' fixed-order final sums (common.cuh SJP_GROUP).
+REDUCE_GROUP = 16
+
+
+def reduce_workspace(grid: int, n: int) -> int:
+    """Floats of scratch a launch of ``grid`` blocks needs to reduce ``n`` sums per
+    block (``sjp_finish_sums``): a partial row per block, then a row per group."""
+    return (grid + -(-grid // REDUCE_GROUP)) * n
+
+
+def reduce_counters(grid: int) -> int:
+    """Ticket counters a launch of ``grid`` blocks uses (one per group, one more)."""
+    return -(-grid // REDUCE_GROUP) + 1
+
+
+class _Counters:
+    """Placeholder in a launch's arguments for the ticket counters of torch's current
+    stream (see :func:`launch`)."""
+
+    def __repr__(self) -> str:
+        return "COUNTERS"
+
+
+#: Put in a kernel's argument list where it takes its ``unsigned int* counters``.
+COUNTERS = _Counters()
 
 
 def _cupy():
+    """``import cupy`` (a dictionary look-up once imported), or an ``ImportError``
+    with the real reason and a fix, the original exception chained."""
     try:
         import cupy
     except Exception as e:  # the real reason and a fix, original chained
@@ -318,98 +369,175 @@ def _cupy():
     return cupy
 
 
+@functools.cache
+def nvrtc_major() -> int:
+    """The major version of the NVRTC CuPy compiles with (picks the CUDA headers)."""
+    _cupy()
+    from cupy_backends.cuda.libs import nvrtc
+
+    return int(nvrtc.getVersion()[0])
+
+
+class Kernel:
+    """One compiled kernel on one device and what launching it needs: the CuPy kernel
+    (``fn``, a ``cupy.RawKernel``), its registers and static shared memory, the
+    device's SM count and compute capability, and the largest grid per launch shape."""
+
+    __slots__ = ("fn", "device", "regs", "static_smem", "sms", "cc", "opted_smem",
+                 "_grids")  # fmt: skip
+
+    def __init__(self, fn, device: Optional[int], regs: int, static_smem: int,
+                 sms: int, cc: int) -> None:  # fmt: skip
+        self.fn = fn
+        self.device = device
+        self.regs = int(regs)
+        self.static_smem = int(static_smem)
+        self.sms = int(sms)
+        self.cc = int(cc)
+        self.opted_smem = 48 * 1024  # usable without an opt-in
+        self._grids: Dict[Tuple[int, int], int] = {}
+
+    def grid(self, n_tiles: int, block: int, dyn_smem: int) -> int:
+        """Blocks for a grid-stride launch: every SM filled with as many blocks as fit
+        at once (registers, shared memory, threads), never more than there are tiles.
+
+        The same device always gets the same grid for the same launch, so the
+        fixed-order sums over the blocks, and the results, are the same every run.
+        """
+        full = self._grids.get((block, dyn_smem))
+        if full is None:
+            per_sm = resident_blocks(self.cc, block, self.regs,
+                                     self.static_smem + dyn_smem)  # fmt: skip
+            full = self.sms * max(per_sm, 1)
+            self._grids[(block, dyn_smem)] = full
+        return max(1, min(n_tiles, full))
+
+
+_KERNELS: Dict[tuple, Kernel] = {}
+_MODULES: Dict[tuple, object] = {}
+_DEVICES: Dict[Optional[int], Tuple[int, int]] = {}
+
+
+def _device_info(device: Optional[int]) -> Tuple[int, int]:
+    """``(SM count, compute capability as 10 major + minor)`` of a device."""
+    info = _DEVICES.get(device)
+    if info is None:
+        props = torch.cuda.get_device_properties(device)
+        info = (props.multi_processor_count, props.major * 10 + props.minor)
+        _DEVICES[device] = info
+    return info
+
+
 def get_kernel(
     name: str,
     kernel: str,
     dtype: torch.dtype,
     const: Optional[int] = None,
     flags: Flags = (),
-):
+    device: Optional[int] = None,
+) -> Kernel:
     """The compiled ``kernel`` of file ``name`` for ``dtype`` (compile-time constant
-    and switches, see :func:`variant_options`) on the current device; cached per
-    (source, options, device), so each variant is built once, when first used."""
+    and switches, see :func:`variant_options`) on CUDA device ``device`` (the index of
+    the tensors' device). Built the first time (NVRTC compile, module load, attribute
+    queries inside ``cupy.cuda.Device(device)``), then cached."""
+    key = (name, kernel, dtype, const, flags, device)
+    k = _KERNELS.get(key)
+    if k is not None:
+        return k
     cupy = _cupy()
-    src = kernel_source(name)
-    from cupy_backends.cuda.libs import nvrtc
-
-    opts = variant_options(name, dtype, const, flags)
-    opts += include_options(nvrtc.getVersion()[0])
-    key = (src, opts, torch.cuda.current_device())
-    mod = _MODULES.get(key)
+    mkey = (name, dtype, const, flags)
+    mod = _MODULES.get(mkey)
     if mod is None:
-        mod = cupy.RawModule(code=src, options=opts, backend="nvrtc")
-        _MODULES[key] = mod
-    return mod.get_function(kernel)
+        opts = variant_options(name, dtype, const, flags)
+        opts += include_options(nvrtc_major())
+        mod = cupy.RawModule(code=kernel_source(name), options=opts, backend="nvrtc")
+        _MODULES[mkey] = mod
+    sms, cc = _device_info(device)
+    with cupy.cuda.Device(device):
+        fn = mod.get_function(kernel)  # compiled for and loaded on this device
+        k = Kernel(fn, device, fn.num_regs, fn.shared_size_bytes, sms, cc)
+    _KERNELS[key] = k
+    return k
 
 
-def ptr(t: Optional[torch.Tensor]) -> np.uint64:
-    """A tensor's device address as a kernel argument (0 for ``None``)."""
-    return np.uint64(0 if t is None else t.data_ptr())
+class _StreamHandle:
+    """A raw CUDA stream handle with the CUDA stream protocol (for
+    ``cupy.cuda.Stream.from_external``)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+    def __cuda_stream__(self) -> Tuple[int, int]:
+        return (0, self.handle)
 
 
-# CUfunction_attribute values (CUDA driver API)
-_ATTR_SHARED_SIZE_BYTES = 1
-_ATTR_NUM_REGS = 4
-_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-_OPTED_IN: Dict[int, int] = {}
+_STREAMS: Dict[Tuple[int, Optional[int]], object] = {}
+_COUNTER_BUFS: Dict[Tuple[int, torch.device], torch.Tensor] = {}
 
 
-def kernel_resources(kernel) -> Tuple[int, int]:
-    """``(registers per thread, static shared memory bytes)`` of a compiled kernel."""
-    drv = _cupy().cuda.driver
-    return (
-        drv.funcGetAttribute(_ATTR_NUM_REGS, kernel.ptr),
-        drv.funcGetAttribute(_ATTR_SHARED_SIZE_BYTES, kernel.ptr),
-    )
+def _cupy_stream(cupy, handle: int, device: Optional[int]):
+    """The CuPy stream object of a raw stream handle (cached; it holds only the
+    handle): ``Stream.from_external`` on CuPy >= 14, ``ExternalStream`` before."""
+    key = (handle, device)
+    s = _STREAMS.get(key)
+    if s is None:
+        from_external = getattr(cupy.cuda.Stream, "from_external", None)
+        if from_external is not None:
+            s = from_external(_StreamHandle(handle))
+        else:  # CuPy 13
+            s = cupy.cuda.ExternalStream(handle, -1 if device is None else device)
+        _STREAMS[key] = s
+    return s
 
 
-def device_grid(
-    kernel, n_tiles: int, block: int, dyn_smem: int, device: torch.device
-) -> int:
-    """Blocks for a grid-stride kernel: every SM filled with as many blocks as fit at
-    once (registers, shared memory, threads), never more than there are tiles.
-
-    The same device always gets the same grid, so the per-block partial sums, and the
-    results, are the same on every run.
-    """
-    props = torch.cuda.get_device_properties(device)
-    regs, static_smem = kernel_resources(kernel)
-    per_sm = resident_blocks(props.major * 10 + props.minor, block, regs,
-                             static_smem + dyn_smem)  # fmt: skip
-    return int(max(1, min(n_tiles, props.multi_processor_count * max(per_sm, 1))))
-
-
-def allow_dynamic_smem(kernel, nbytes: int) -> None:
-    """Opt the kernel in to more than 48 KB of dynamic shared memory if it needs it."""
-    if nbytes > 48 * 1024 and _OPTED_IN.get(kernel.ptr, 0) < nbytes:
-        _cupy().cuda.driver.funcSetAttribute(
-            kernel.ptr, _ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes
-        )
-        _OPTED_IN[kernel.ptr] = nbytes
+def _counters(handle: int, device: torch.device, n: int) -> torch.Tensor:
+    """The ticket counters of one stream: zero once when made, and every kernel leaves
+    them zero, so no launch needs a fill. One set per stream, so kernels on different
+    streams never share a counter."""
+    key = (handle, device)
+    buf = _COUNTER_BUFS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _COUNTER_BUFS[key] = buf
+    return buf
 
 
 def launch(
-    kernel,
+    k: Kernel,
     grid: int,
     block: int,
     args: Sequence,
     device: torch.device,
     smem: int = 0,
 ) -> None:
-    """Launch on torch's current stream of ``device`` and check for launch errors.
+    """Launch ``k`` on torch's current stream of ``device`` (the tensors' device).
 
-    Tensor arguments (and ``None`` for a null pointer) are passed as addresses. The
-    caller's ``args`` keeps every tensor alive until the kernel is queued, so a
-    temporary (a dtype conversion, a contiguous copy) cannot be freed and its memory
-    handed to the next temporary before the kernel reads it. ``smem`` is the dynamic
-    shared memory in bytes.
+    Tensor arguments (and ``None`` for a null pointer) are passed as addresses;
+    :data:`COUNTERS` as the address of that stream's ticket counters. The caller's
+    ``args`` keeps every tensor alive until the kernel is queued, so a temporary (a
+    dtype conversion, a contiguous copy) cannot be freed and its memory handed to the
+    next temporary before the kernel reads it. ``smem`` is the dynamic shared memory
+    in bytes (above 48 KB the kernel is opted in once). CuPy raises a launch error
+    (e.g. too much shared memory) synchronously, from the driver call.
     """
     cupy = _cupy()
-    raw = tuple(ptr(a) if a is None or isinstance(a, torch.Tensor) else a for a in args)
-    with cupy.cuda.Device(device.index):
-        allow_dynamic_smem(kernel, smem)
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-        with stream:
-            kernel((grid,), (block,), raw, shared_mem=smem)
-        # launch-configuration errors surface here, not asynchronously later
-        cupy.cuda.runtime.getLastError()
+    handle = torch.cuda.current_stream(device.index).cuda_stream
+    raw = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            raw.append(np.uint64(a.data_ptr()))
+        elif a is None:
+            raw.append(np.uint64(0))
+        elif a is COUNTERS:
+            buf = _counters(handle, device, reduce_counters(grid))
+            raw.append(np.uint64(buf.data_ptr()))
+        else:
+            raw.append(a)
+    stream = _cupy_stream(cupy, handle, k.device)
+    with cupy.cuda.Device(k.device):
+        if smem > k.opted_smem:
+            k.fn.max_dynamic_shared_size_bytes = smem
+            k.opted_smem = smem
+        k.fn((grid,), (block,), tuple(raw), shared_mem=smem, stream=stream)

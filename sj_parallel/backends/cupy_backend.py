@@ -3,9 +3,14 @@
 The kernels (``sj_parallel/cuda/*.cu``; launch layouts, what is saved and the bytes
 each pass moves are documented at the top of each file) are registered as
 ``torch.library`` custom ops with fake implementations and autograd formulas, so
-``torch.compile`` keeps them in its graphs. Functions here take flattened ``[T, M]``
-CUDA tensors, like :mod:`sj_parallel.backends.torch_backend`, and compute the same
-values (:mod:`sj_parallel.reference` is the math both are tested against).
+``torch.compile`` keeps them in its graphs; eager calls run the same implementation
+and formulas through a ``torch.autograd.Function`` (less host time than the custom
+op's Python dispatch). One kernel launch per pass; launches are on torch's current
+stream with allocations through torch and no host synchronisation, so a pass can be
+captured in a CUDA graph (after a first, eager call has compiled its kernels).
+Functions here take flattened ``[T, M]`` CUDA tensors, like
+:mod:`sj_parallel.backends.torch_backend`, and compute the same values
+(:mod:`sj_parallel.reference` is the math both are tested against).
 
 Inputs may be float32, float16 or bfloat16 (float32 math inside); parameters are used
 as float32 and their gradients returned in their own dtype, which is what
@@ -30,34 +35,75 @@ Surrogate = Callable[[Tensor], Tensor]
 
 
 def _check(x: Tensor, name: str) -> Tensor:
-    if not x.is_cuda:
-        raise ValueError(
-            f"{name}: backend 'cupy' needs CUDA tensors, got a tensor on {x.device}"
-        )
+    """``x`` contiguous, or a clear error for a dtype the kernels do not support.
+
+    That ``x`` is a CUDA tensor is checked where the backend is picked
+    (:func:`sj_parallel.backends.get_backend`, which every neuron and
+    :mod:`sj_parallel.functional` go through); the launcher takes the device from
+    the tensors."""
     C.compile_options(x.dtype)  # clear error for unsupported dtypes
     return x.contiguous()
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (itself when it already is: no conversion call)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _f32(t: Tensor) -> Tensor:
-    return t.detach().to(torch.float32).contiguous()
+    """A float32 contiguous view of a parameter (the kernels read float32)."""
+    return _as(t, torch.float32).contiguous()
 
 
-def _grid(kernel, name: str, kname: str, M: int, x: Tensor, const=None, T: int = 0):
-    """``(grid, block, dynamic smem)`` of a launch over ``M`` neuron columns of
-    ``x``'s dtype and device."""
+def _prepare(name: str, kname: str, x: Tensor, M: int, const=None, flags=(), T=0):
+    """``(kernel, grid, block, dynamic smem)`` of a launch over ``M`` neuron columns
+    of ``x``'s dtype, on ``x``'s device."""
+    k = C.get_kernel(name, kname, x.dtype, const, flags, x.device.index)
     block, cols, smem = C.launch_config(name, kname, const, T, x.dtype)
-    tiles = max(1, (M + cols - 1) // cols)
+    tiles = (M + cols - 1) // cols
     if tiles >= 2**31:  # the kernels index tiles with 32-bit ints
         raise ValueError(
             f"{kname}: M = {M} neurons per time step is too many for one launch "
             f"(at most {(2**31 - 1) * cols}); split the batch"
         )
-    return C.device_grid(kernel, tiles, block, smem, x.device), block, smem
+    return k, k.grid(tiles, block, smem), block, smem
+
+
+def _work(grid: int, n: int, x: Tensor) -> Tensor:
+    """Scratch of a launch whose blocks reduce ``n`` sums (uninitialised: the kernel
+    writes every element it reads)."""
+    n_floats = C.reduce_workspace(grid, n)
+    return torch.empty(n_floats, dtype=torch.float32, device=x.device)
+
+
+def _eager(name: str, forward, setup, grads, backward) -> type:
+    """The eager form of a custom op with its autograd formula: a
+    ``torch.autograd.Function`` that calls the same implementation functions
+    directly (the custom op's Python dispatch costs more host time than the rest of
+    a pass). ``torch.compile`` traces the custom ops instead (:func:`_run`)."""
+
+    def fwd(ctx, *inputs):
+        out = forward(*inputs)
+        setup(ctx, inputs, out)
+        return out
+
+    def bwd(ctx, *grad_outputs):
+        return grads(ctx, *grad_outputs, backward=backward)
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(fwd), "backward": staticmethod(bwd)})  # fmt: skip
+
+
+def _run(op, eager: type, *args):
+    """``op`` (a custom op) under ``torch.compile``, its eager Function otherwise:
+    the same kernels and formulas either way."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return eager.apply(*args)
 
 
 # ----------------------------------------------------------------------------- PSN
-@torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())
-def psn_forward(
+def _psn_forward(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -71,11 +117,15 @@ def psn_forward(
     if M == 0:
         return s
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, s))
-    k = C.get_kernel("psn", "sjp_psn_forward", x.dtype, T, flags)
-    grid, block, smem = _grid(k, "psn", "sjp_psn_forward", M, x, T)
-    args = [x, _f32(weight), _f32(bias), s, np.int64(M)]
+    k, grid, block, smem = _prepare("psn", "sjp_psn_forward", x, M, T, flags)
+    args = (x, _f32(weight), _f32(bias), s, np.int64(M))
     C.launch(k, grid, block, args, x.device, smem)
     return s
+
+
+psn_forward = torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())(
+    _psn_forward
+)
 
 
 @psn_forward.register_fake
@@ -83,8 +133,7 @@ def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())
-def psn_backward(
+def _psn_backward(
     x: Tensor,
     grad_s: Tensor,
     weight: Tensor,
@@ -98,30 +147,33 @@ def psn_backward(
     gx = torch.empty_like(x)
     if M == 0:
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
-    grad_s = grad_s.to(x.dtype).contiguous()
+    grad_s = _as(grad_s, x.dtype).contiguous()
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, grad_s, gx))
-    k = C.get_kernel("psn", "sjp_psn_backward", x.dtype, T, flags)
-    grid, block, smem = _grid(k, "psn", "sjp_psn_backward", M, x, T)
-    gw_part = torch.empty(grid, T, T, dtype=torch.float32, device=x.device)
-    gb_part = torch.empty(grid, T, dtype=torch.float32, device=x.device)
-    args = [
+    k, grid, block, smem = _prepare("psn", "sjp_psn_backward", x, M, T, flags)
+    gw = torch.empty(T, T, dtype=torch.float32, device=x.device)
+    gb = torch.empty(T, 1, dtype=torch.float32, device=x.device)
+    args = (
         x,
         grad_s,
         _f32(weight),
         _f32(bias),
         gx,
-        gw_part,
-        gb_part,
+        gw,
+        gb,
+        _work(grid, T * T + T, x),
+        C.COUNTERS,
         np.int64(M),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(k, grid, block, args, x.device, smem)
-    # the second, ordered pass over the per-block partials (deterministic)
-    gw = gw_part.sum(0)
-    gb = gb_part.sum(0)
-    return gx, gw.to(weight.dtype), gb.view(bias.shape).to(bias.dtype)
+    )
+    C.launch(k, grid, block, args, x.device, smem)  # sums over blocks included
+    return gx, _as(gw, weight.dtype), _as(gb.view(bias.shape), bias.dtype)
+
+
+psn_backward = torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())(
+    _psn_backward
+)
 
 
 @psn_backward.register_fake
@@ -135,14 +187,15 @@ def _psn_setup(ctx, inputs, output):
     ctx.sg = sg
 
 
-def _psn_bwd(ctx, grad_s):
+def _psn_bwd(ctx, grad_s, backward=psn_backward):
     x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("PSN", "cupy", x, weight, bias, grad_s)
-    gx, gW, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    forbid_double_backward("PSN", "cupy", grad_s, x, weight, bias)
+    gx, gW, gb = backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gW, gb, None, None, None, None
 
 
 psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
+_PSN = _eager("PSN", _psn_forward, _psn_setup, _psn_bwd, _psn_backward)
 
 
 def psn(
@@ -163,14 +216,12 @@ def psn(
             f"backend 'cupy' supports PSN/MaskedPSN with T <= {C.PSN_MAX_T}, got "
             f"T={T}; use backend='torch'"
         )
-    return psn_forward(
-        x, weight, bias.reshape(T, 1), *C.surrogate_params(surrogate_function)
-    )
+    sg = C.surrogate_params(surrogate_function)
+    return _run(psn_forward, _PSN, x, weight, bias.reshape(T, 1), *sg)
 
 
 # --------------------------------------------------------------------- sliding PSN
-@torch.library.custom_op("sj_parallel::sliding_psn_forward", mutates_args=())
-def sliding_psn_forward(
+def _sliding_psn_forward(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -184,13 +235,17 @@ def sliding_psn_forward(
     s = torch.empty_like(x)
     if M == 0 or T == 0:
         return s
-    kern = C.get_kernel(
-        "sliding", "sjp_sliding_forward", x.dtype, k, C.sg_flags(sg_kind)
+    kern, grid, block, smem = _prepare(
+        "sliding", "sjp_sliding_forward", x, M, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_forward", M, x, k)
-    args = [x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T)]
+    args = (x, _f32(weight), _f32(bias).reshape(1), s, np.int64(M), np.int32(T))
     C.launch(kern, grid, block, args, x.device, smem)
     return s
+
+
+sliding_psn_forward = torch.library.custom_op(
+    "sj_parallel::sliding_psn_forward", mutates_args=()
+)(_sliding_psn_forward)
 
 
 @sliding_psn_forward.register_fake
@@ -198,8 +253,7 @@ def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sj_parallel::sliding_psn_backward", mutates_args=())
-def sliding_psn_backward(
+def _sliding_psn_backward(
     x: Tensor,
     grad_s: Tensor,
     weight: Tensor,
@@ -214,29 +268,34 @@ def sliding_psn_backward(
     gx = torch.empty_like(x)
     if M == 0 or T == 0:
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
-    kern = C.get_kernel(
-        "sliding", "sjp_sliding_backward", x.dtype, k, C.sg_flags(sg_kind)
+    kern, grid, block, smem = _prepare(
+        "sliding", "sjp_sliding_backward", x, M, k, C.sg_flags(sg_kind)
     )
-    grid, block, smem = _grid(kern, "sliding", "sjp_sliding_backward", M, x, k)
-    part = torch.empty(grid, k + 1, dtype=torch.float32, device=x.device)
-    args = [
+    gw = torch.empty(k, dtype=torch.float32, device=x.device)
+    gb = torch.empty((), dtype=torch.float32, device=x.device)
+    args = (
         x,
-        grad_s.to(x.dtype).contiguous(),
+        _as(grad_s, x.dtype).contiguous(),
         _f32(weight),
         _f32(bias).reshape(1),
         gx,
-        part,
+        gw,
+        gb,
+        _work(grid, k + 1, x),
+        C.COUNTERS,
         np.int64(M),
         np.int32(T),
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(kern, grid, block, args, x.device, smem)
-    total = part.sum(0)  # the second, ordered pass (deterministic)
-    gw = total[:k].to(weight.dtype, copy=True)  # outputs may not alias each other
-    gb = total[k].reshape(bias.shape).to(bias.dtype, copy=True)
-    return gx, gw, gb
+    )
+    C.launch(kern, grid, block, args, x.device, smem)  # sums over blocks included
+    return gx, _as(gw, weight.dtype), _as(gb.reshape(bias.shape), bias.dtype)
+
+
+sliding_psn_backward = torch.library.custom_op(
+    "sj_parallel::sliding_psn_backward", mutates_args=()
+)(_sliding_psn_backward)
 
 
 @sliding_psn_backward.register_fake
@@ -244,14 +303,17 @@ def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
 
 
-def _sliding_bwd(ctx, grad_s):
+def _sliding_bwd(ctx, grad_s, backward=sliding_psn_backward):
     x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("SlidingPSN", "cupy", x, weight, bias, grad_s)
-    gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
+    forbid_double_backward("SlidingPSN", "cupy", grad_s, x, weight, bias)
+    gx, gw, gb = backward(x, grad_s, weight, bias, *ctx.sg)
     return gx, gw, gb, None, None, None, None
 
 
 sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
+_SLIDING = _eager(
+    "SlidingPSN", _sliding_psn_forward, _psn_setup, _sliding_bwd, _sliding_psn_backward
+)
 
 
 def sliding_psn(
@@ -270,12 +332,12 @@ def sliding_psn(
             f"backend 'cupy' supports SlidingPSN with k <= {C.SLIDING_MAX_K}, got "
             f"k={k}; use backend='torch'"
         )
-    return sliding_psn_forward(x, weight, bias, *C.surrogate_params(surrogate_function))
+    sg = C.surrogate_params(surrogate_function)
+    return _run(sliding_psn_forward, _SLIDING, x, weight, bias, *sg)
 
 
 # ------------------------------------------------------------------------- MPE-PSN
-@torch.library.custom_op("sj_parallel::mpe_psn_forward", mutates_args=())
-def mpe_psn_forward(
+def _mpe_psn_forward(
     x: Tensor,
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
@@ -296,24 +358,25 @@ def mpe_psn_forward(
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
+    mse = torch.empty(T, dtype=torch.float32, device=x.device)
     if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
         uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
         ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
-        return s, torch.zeros(T, dtype=torch.float32, device=x.device), uhl, ul
+        return s, mse.zero_(), uhl, ul
     flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
-    kern = C.get_kernel("mpe", "sjp_mpe_forward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_forward", M, x, None, T)
+    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_forward", x, M, None, flags, T)
     if not need_mse:
         smem = 0
-    err = torch.empty(grid if need_mse else 1, T, dtype=torch.float32, device=x.device)
-    args = [
+    args = (
         x,
-        None if u_hat0 is None else u_hat0.to(x.dtype).contiguous(),
-        None if u0 is None else u0.to(x.dtype).contiguous(),
+        None if u_hat0 is None else _as(u_hat0, x.dtype).contiguous(),
+        None if u0 is None else _as(u0, x.dtype).contiguous(),
         s,
         uhl,
         ul,
-        err,
+        mse,
+        _work(grid, T, x) if need_mse else None,
+        C.COUNTERS if need_mse else None,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
@@ -321,13 +384,16 @@ def mpe_psn_forward(
         np.uint32(seed_lo),
         np.uint32(seed_hi),
         np.int64(t0),
-    ]
+    )
+    # mse = the per-step sums over the neurons / M (0 without need_mse), in a fixed
+    # order inside the launch
     C.launch(kern, grid, block, args, x.device, smem)
-    if need_mse:  # the second, ordered pass over the per-block sums (deterministic)
-        mse = err.sum(0) / M
-    else:
-        mse = torch.zeros(T, dtype=torch.float32, device=x.device)
     return s, mse, uhl, ul
+
+
+mpe_psn_forward = torch.library.custom_op(
+    "sj_parallel::mpe_psn_forward", mutates_args=()
+)(_mpe_psn_forward)
 
 
 @mpe_psn_forward.register_fake
@@ -342,13 +408,12 @@ def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed
     )
 
 
-@torch.library.custom_op("sj_parallel::mpe_psn_backward", mutates_args=())
-def mpe_psn_backward(
+def _mpe_psn_backward(
     x: Tensor,
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
     u0: Optional[Tensor],
-    grad_s: Tensor,
+    grad_s: Optional[Tensor],
     grad_mse: Optional[Tensor],
     grad_uhl: Optional[Tensor],
     grad_ul: Optional[Tensor],
@@ -365,13 +430,13 @@ def mpe_psn_backward(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     T, M = x.shape
     gx = torch.empty_like(x)
-    guh0 = torch.zeros(M, dtype=torch.float32, device=x.device)
-    gu0 = torch.zeros(M, dtype=torch.float32, device=x.device)
+    guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
+    gu0 = torch.empty(M, dtype=torch.float32, device=x.device)
     if T == 0 or M == 0:
-        return gx, torch.zeros_like(v_threshold), guh0, gu0
+        return gx, torch.zeros_like(v_threshold), guh0.zero_(), gu0.zero_()
 
     def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        return None if t is None else t.to(dtype).contiguous()
+        return None if t is None else _as(t, dtype).contiguous()
 
     flags = C.mpe_flags(
         current_wiring,
@@ -380,21 +445,22 @@ def mpe_psn_backward(
         sg_kind,
         wide=C.mpe_backward_wide(T, M),
     )
-    kern = C.get_kernel("mpe", "sjp_mpe_backward", x.dtype, None, flags)
-    grid, block, smem = _grid(kern, "mpe", "sjp_mpe_backward", M, x)
-    gv_part = torch.empty(grid, dtype=torch.float32, device=x.device)
-    args = [
+    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_backward", x, M, None, flags)
+    gv = torch.empty(1, dtype=torch.float32, device=x.device)
+    args = (
         x,
         opt(u_hat0, x.dtype),
         opt(u0, x.dtype),
-        grad_s.to(x.dtype).contiguous(),
+        opt(grad_s, x.dtype),  # None: the spikes' gradient is zero
         opt(grad_mse, torch.float32),
         opt(grad_uhl, x.dtype),
         opt(grad_ul, x.dtype),
         gx,
-        guh0,
+        guh0,  # written for every column (0 where the wiring has no such gradient)
         gu0,
-        gv_part,
+        gv,
+        _work(grid, 1, x),
+        C.COUNTERS,
         _f32(v_threshold).reshape(1),
         np.int64(M),
         np.int32(T),
@@ -405,10 +471,14 @@ def mpe_psn_backward(
         np.float32(sg_a),
         np.float32(sg_c),
         np.float32(sg_d),
-    ]
-    C.launch(kern, grid, block, args, x.device, smem)
-    gv = gv_part.sum()  # the second, ordered pass (deterministic)
-    return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
+    )
+    C.launch(kern, grid, block, args, x.device, smem)  # grad_v summed over blocks
+    return gx, _as(gv.reshape(v_threshold.shape), v_threshold.dtype), guh0, gu0
+
+
+mpe_psn_backward = torch.library.custom_op(
+    "sj_parallel::mpe_psn_backward", mutates_args=()
+)(_mpe_psn_backward)
 
 
 @mpe_psn_backward.register_fake
@@ -426,17 +496,18 @@ def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
 
 def _mpe_setup(ctx, inputs, output):
     x, v, u_hat0, u0, *cfg = inputs
+    # outputs nobody differentiates get None, not zero-filled tensors: the kernel
+    # reads a null gradient as zero
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, v, u_hat0, u0)
     ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
 
 
-def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
+def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul, backward=mpe_psn_backward):
     x, v, u_hat0, u0 = ctx.saved_tensors
-    forbid_double_backward("MPEPSN", "cupy", x, v, u_hat0, u0, g_s, g_mse, g_uhl, g_ul)
+    forbid_double_backward("MPEPSN", "cupy", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
     tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
-    if g_s is None:
-        g_s = torch.zeros_like(x)
-    gx, gv, guh0, gu0 = mpe_psn_backward(
+    gx, gv, guh0, gu0 = backward(
         x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
         tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
     )  # fmt: skip
@@ -449,6 +520,7 @@ def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
 
 
 mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
+_MPE = _eager("MPEPSN", _mpe_psn_forward, _mpe_setup, _mpe_bwd, _mpe_psn_backward)
 
 
 def mpe_psn(
@@ -478,7 +550,9 @@ def mpe_psn(
             f"backend 'cupy' computes the MPE-PSN membrane loss for T <= "
             f"{C.MPE_MAX_T_MSE}, got T={T}; use backend='torch'"
         )
-    return mpe_psn_forward(
+    return _run(
+        mpe_psn_forward,
+        _MPE,
         x,
         v_threshold,
         u_hat0,

@@ -13,7 +13,11 @@
 //
 // Determinism: no kernel adds floats with atomics. Reductions over neurons (weight
 // gradients, the MPE-PSN loss) are summed inside a block in a fixed order and written
-// as one partial per block; the launcher adds the partials in a second, ordered pass.
+// as one partial per block; the same launch then adds the partials in a fixed order
+// (sjp_finish_sums: the last block of each group of SJP_GROUP blocks to finish, found
+// with an integer ticket, adds its group's partials in block order; the last of those
+// adds the group sums in group order). The grid depends only on the device, so the
+// same inputs on the same device give the same bits.
 #pragma once
 
 #ifndef SJP_EMULATION
@@ -222,6 +226,96 @@ __device__ __forceinline__ float sjp_block_sum(float v, sjp_smem_t scratch) {
   return r;
 }
 
+// ------------------------------------------------------ fixed-order final sums
+// Blocks per group of the two-level reduction of per-block partials (the launcher's
+// _cuda.REDUCE_GROUP): a group's last block reads at most SJP_GROUP partial rows, the
+// final block ceil(grid / SJP_GROUP) group rows.
+#define SJP_GROUP 16
+
+// A float written by another block of this launch: read through L2 (ld.global.cg), as
+// L1 is not coherent between SMs.
+__device__ __forceinline__ float sjp_ldcg(const float* p) {
+#ifdef SJP_EMULATION
+  return *(const volatile float*)p;
+#else
+  return __ldcg(p);
+#endif
+}
+
+// Every thread of the block calls this after the block's writes that others will read:
+// one ticket per block on *counter (an integer atomic; floats are never added with
+// atomics). True, in every thread, for the block that takes the last of `count`
+// tickets; that block resets the counter to 0, so it is zero again after every launch
+// (no zero-fill before the next one, on this stream or in a CUDA graph replay).
+__device__ __forceinline__ bool sjp_last_of(unsigned int* counter, unsigned int count) {
+  __shared__ unsigned int sjp_ticket;
+  __threadfence();  // this thread's writes are visible to the whole device
+  __syncthreads();  // ... for every thread of the block
+  if (threadIdx.x == 0) {
+    const unsigned int t = atomicAdd(counter, 1u);
+    if (t == count - 1u) *counter = 0u;  // every block has counted
+    sjp_ticket = t;
+  }
+  __syncthreads();
+  const bool last = sjp_ticket == count - 1u;
+  if (last) __threadfence();  // block-uniform: order the reads of the others' data
+  return last;
+}
+
+// part[b][i] summed over blocks b in [b0, b1) (at most SJP_GROUP), in block order; the
+// loads are independent, so a group's rows are in flight at once.
+__device__ __forceinline__ float sjp_sum_rows(const float* part, int n, int b0, int b1,
+                                              int i) {
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < SJP_GROUP; ++j)
+    if (b0 + j < b1) s += sjp_ldcg(part + (sjp_index)(b0 + j) * n + i);
+  return s;
+}
+
+// Inlined into the kernel by default; psn.cu's tensor-core backward keeps it a
+// separate function (SJP_FINISH_INLINE = __noinline__), which keeps that kernel within
+// 64 registers without spills.
+#ifndef SJP_FINISH_INLINE
+#define SJP_FINISH_INLINE __forceinline__
+#endif
+
+// The end of a kernel that wrote its block's partial sums to work[blockIdx.x][0..n):
+// the fixed-order sum over the blocks, divided by `divisor`, goes to out0[i] for
+// i < n0 and to out1[i - n0] for n0 <= i < n. work holds grid rows of partials and then
+// ceil(grid / SJP_GROUP) rows of group sums; counters holds ceil(grid / SJP_GROUP) + 1
+// zeros (left zero). Every thread of every block must call it.
+__device__ SJP_FINISH_INLINE void sjp_finish_sums(float* work, unsigned int* counters, int n,
+                                             float* out0, int n0, float* out1,
+                                             float divisor) {
+  const int grid = (int)gridDim.x, groups = (grid + SJP_GROUP - 1) / SJP_GROUP;
+  const int g = (int)blockIdx.x / SJP_GROUP;
+  const int b0 = g * SJP_GROUP, b1 = min(grid, b0 + SJP_GROUP);
+  float* gpart = work + (sjp_index)grid * n;
+  if (!sjp_last_of(counters + g, (unsigned int)(b1 - b0))) return;
+  if (groups > 1) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+      gpart[(sjp_index)g * n + i] = sjp_sum_rows(work, n, b0, b1, i);
+    if (!sjp_last_of(counters + groups, (unsigned int)groups)) return;
+  }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float s;
+    if (groups == 1) {
+      s = sjp_sum_rows(work, n, 0, grid, i);
+    } else {
+      s = 0.0f;
+      for (int h = 0; h < groups; h += SJP_GROUP)
+        s += sjp_sum_rows(gpart, n, h, min(groups, h + SJP_GROUP), i);
+    }
+    s = divisor == 1.0f ? s : s / divisor;
+    if (i < n0) {
+      out0[i] = s;
+    } else {
+      out1[i - n0] = s;
+    }
+  }
+}
+
 // ------------------------------------------------------------------ tf32 mma
 // D = A B + C for one warp, mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32:
 // lane l (g = l >> 2, q = l & 3) holds a[0..3] = A[g][q], A[g+8][q], A[g][q+4],
@@ -305,27 +399,116 @@ __device__ __forceinline__ int sjp_opaque(int v) {
 // ------------------------------------------------------------------ vector IO
 // N consecutive elements of a [T, M] tensor at element index i, as floats. The caller
 // guarantees alignment (i a multiple of N and the tensor N-element aligned): the
-// launcher builds these paths only when M and the data pointers allow it.
+// launcher builds these paths only when M and the data pointers allow it. They move
+// as 32-bit words (W = N * sizeof(element) / 4 of them: 4 words = one 16-byte
+// ld/st.global.v4), half types packed two to a word and converted only when used.
 template <int N>
 struct alignas(N * sizeof(sjp_scalar)) sjp_vec_t {
   sjp_scalar e[N];
 };
 
+// The 32-bit words of a row segment, read or written with one vector instruction.
+template <int W>
+struct alignas(4 * W) sjp_words_t {
+  unsigned int w[W];
+};
+
+// element bits <-> float (half types: the upper or lower 16 bits of a word)
+__device__ __forceinline__ unsigned int sjp_bits_of(float v) {
+#if SJP_DTYPE == 0
+  return __float_as_uint(v);
+#elif SJP_DTYPE == 1
+  return (unsigned int)__half_as_ushort(__float2half_rn(v));
+#else
+  return (unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(v));
+#endif
+}
+__device__ __forceinline__ float sjp_float_of(unsigned int bits) {
+#if SJP_DTYPE == 0
+  return __uint_as_float(bits);
+#elif SJP_DTYPE == 1
+  return __half2float(__ushort_as_half((unsigned short)bits));
+#else
+  return __uint_as_float(bits << 16);  // bfloat16 is the top half of a float
+#endif
+}
+
+// the bits of element i of p (half types in the low 16 bits)
+__device__ __forceinline__ unsigned int sjp_raw_bits(const sjp_scalar* p, sjp_index i) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 0);
+#if SJP_DTYPE == 0
+  return __float_as_uint(p[i]);
+#elif SJP_DTYPE == 1
+  return (unsigned int)__half_as_ushort(p[i]);
+#else
+  return (unsigned int)__bfloat16_as_ushort(p[i]);
+#endif
+}
+
+template <int W>
+__device__ __forceinline__ void sjp_ldg_words(const sjp_scalar* p, sjp_index i,
+                                              unsigned int* w) {
+  const sjp_words_t<W> r = *reinterpret_cast<const sjp_words_t<W>*>(p + i);
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = r.w[k];
+}
+
+// one st.global of W words (v4, v2 or a single word)
+template <int W>
+__device__ __forceinline__ void sjp_stg_words(sjp_scalar* p, sjp_index i,
+                                              const unsigned int* w) {
+  static_assert(W == 1 || W == 2 || W == 4, "1, 2 or 4 words per vector store");
+#ifdef SJP_EMULATION
+  memcpy((void*)(p + i), w, 4 * W);
+#else
+  // explicit vector stores: NVVM splits a stored struct into scalar stores
+  unsigned int* q = reinterpret_cast<unsigned int*>(p + i);
+  if (W == 4) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(q), "r"(w[0]),
+                 "r"(w[1 % W]), "r"(w[2 % W]), "r"(w[3 % W]));
+  } else if (W == 2) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(q), "r"(w[0]), "r"(w[1 % W]));
+  } else {
+    *q = w[0];
+  }
+#endif
+}
+
+// element k (0 .. N-1) of the words of a segment
+template <int N>
+__device__ __forceinline__ float sjp_word_elem(const unsigned int* w, int k) {
+#if SJP_DTYPE == 0
+  return __uint_as_float(w[k]);
+#else
+  return sjp_float_of((k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xffffu));
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void sjp_load_vec(const sjp_scalar* p, sjp_index i, float* v) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+  static_assert(W * 4 == N * (int)sizeof(sjp_scalar), "whole 32-bit words");
   SJP_EMU_GLOBAL(p + i, (int)(N * sizeof(sjp_scalar)), 0);
-  const sjp_vec_t<N> r = *reinterpret_cast<const sjp_vec_t<N>*>(p + i);
+  unsigned int w[W];
+  sjp_ldg_words<W>(p, i, w);
 #pragma unroll
-  for (int k = 0; k < N; ++k) v[k] = sjp_to_float(r.e[k]);
+  for (int k = 0; k < N; ++k) v[k] = sjp_word_elem<N>(w, k);
 }
 
 template <int N>
 __device__ __forceinline__ void sjp_store_vec(sjp_scalar* p, sjp_index i, const float* v) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+  static_assert(W * 4 == N * (int)sizeof(sjp_scalar), "whole 32-bit words");
   SJP_EMU_GLOBAL(p + i, (int)(N * sizeof(sjp_scalar)), 1);
-  sjp_vec_t<N> r;
+  unsigned int w[W];
+#if SJP_DTYPE == 0
 #pragma unroll
-  for (int k = 0; k < N; ++k) sjp_from_float(v[k], &r.e[k]);
-  *reinterpret_cast<sjp_vec_t<N>*>(p + i) = r;
+  for (int k = 0; k < N; ++k) w[k] = __float_as_uint(v[k]);
+#else
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = sjp_bits_of(v[2 * k]) | (sjp_bits_of(v[2 * k + 1]) << 16);
+#endif
+  sjp_stg_words<W>(p, i, w);
 }
 
 // N (1, 2 or 4) consecutive floats of shared memory at float index i (N-aligned).

@@ -21,20 +21,23 @@
 // 4 i ends with the warp's sum for step i of the chunk and adds it to its warp's row of
 // a [warps, T] table in dynamic shared memory (one writer per entry: no atomics). At
 // the end the block adds the rows in warp order and writes one partial per step,
-// err_partial[block][t]; the launcher sums the partials over blocks in a fixed order.
+// work[block][t]; the same launch adds them over the blocks in a fixed order and
+// writes mse[t] = sum / M (sjp_finish_sums, common.cuh). Without need_mse, mse = 0.
 // Nothing is saved for backward: the Bernoulli samples are regenerated from the hash.
 // Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M.
 //
 // Backward (sjp_mpe_backward): walks t from T-1 to 0 keeping the estimates of steps t,
 // t-1, t-2 and the step values of t, t-1 in registers, so every estimate (hash,
 // sigmoid) is computed once; carries the gradient of h_{t+1}; writes grad_I once.
-// grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order and
-// written as gv_partial[block].
+// grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order, then
+// over the blocks in the same launch (sjp_finish_sums). grad_S may be null (zero);
+// the [M] state gradients are written for every column (0 where the wiring has none).
 // Bytes: read 2*T*M (I, grad_S), write T*M (grad_I) (+ [M] state grads).
 #include "common.cuh"
 
 #define SJP_MPE_BLOCK 128
 #define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2
+#define SJP_MPE_BCHUNK 4  // backward: steps whose loads are issued together
 // compile-time switches (each build has branch-free loops)
 #ifndef SJP_MPE_CURRENT
 #define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
@@ -116,7 +119,8 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     sjp_mpe_forward(const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
                     const sjp_scalar* __restrict__ u0, sjp_scalar* __restrict__ s,
                     sjp_scalar* __restrict__ u_hat_last, sjp_scalar* __restrict__ u_last,
-                    float* __restrict__ err_partial, const float* __restrict__ v_th,
+                    float* __restrict__ mse, float* __restrict__ work,
+                    unsigned int* __restrict__ counters, const float* __restrict__ v_th,
                     const sjp_index M, const int T, const float tau,
                     const unsigned int seed_lo, const unsigned int seed_hi,
                     const long long t0) {
@@ -204,13 +208,19 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     if (valid && u_hat_last) sjp_store(u_hat_last, m, uh_prev);
     if (valid && u_last) sjp_store(u_last, m, u_prev);
   }
-  if (!need_mse) return;
+  if (!need_mse) {  // the loss is not asked for: mse = 0
+    if (blockIdx.x == 0)
+      for (int t = threadIdx.x; t < T; t += blockDim.x) mse[t] = 0.0f;
+    return;
+  }
   __syncthreads();
   for (int t = threadIdx.x; t < T; t += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < warps; ++w) sum += err_s[w * T + t];
-    err_partial[(sjp_index)blockIdx.x * T + t] = sum;
+    work[(sjp_index)blockIdx.x * T + t] = sum;
   }
+  // mse[t] = (sum over the blocks, in a fixed order) / M
+  sjp_finish_sums(work, counters, T, mse, T, nullptr, (float)M);
 }
 
 // Step values recomputed in backward.
@@ -234,7 +244,8 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     const float* __restrict__ grad_mse, const sjp_scalar* __restrict__ grad_uhl,
     const sjp_scalar* __restrict__ grad_ul, sjp_scalar* __restrict__ grad_x,
     float* __restrict__ grad_u_hat0, float* __restrict__ grad_u0,
-    float* __restrict__ gv_partial, const float* __restrict__ v_th, const sjp_index M,
+    float* __restrict__ grad_v, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const float* __restrict__ v_th, const sjp_index M,
     const int T, const float tau, const unsigned int seed_lo, const unsigned int seed_hi,
     const long long t0, const float sg_a, const float sg_c, const float sg_d) {
   constexpr bool current_wiring = SJP_MPE_CURRENT;
@@ -262,13 +273,14 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
     unsigned int lo = (unsigned int)iq;
     bool borrowed = false;  // the counter is in high word hi0 - 1
 #endif
-    // x and estimate of step tq, then move to tq - 1 (before step 0: the carried state)
-    auto next_est = [&](float& xi) {
+    // x and estimate of step tq from its raw bits, then move to tq - 1 (before step 0:
+    // the carried state)
+    auto est_of = [&](float& xi, unsigned int raw) {
       if (tq < 0) {
         xi = 0.0f;
         return SjpEst{uh_init, 0.0f};
       }
-      xi = sjp_load(xq, 0);
+      xi = sjp_float_of(raw);
 #if SJP_MPE_WIDE
       const SjpEst e = sjp_mpe_estimate(xi, kc.get(iq), (unsigned int)iq);
       iq -= M;
@@ -282,69 +294,91 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
       --tq;
       return e;
     };
+    // the raw bits of x at step tq - ahead (0 before step 0)
+    auto load_x = [&](int ahead) -> unsigned int {
+      return tq - ahead >= 0 ? sjp_raw_bits(xq - (sjp_index)ahead * M, 0) : 0u;
+    };
     // rolling window: x, estimate and step values of t and t - 1, estimate of t - 2
     float x_t, x_p, x_pp;
-    SjpEst e_t = next_est(x_t);
-    SjpEst e_p = next_est(x_p);
-    SjpEst e_pp = next_est(x_pp);
+    SjpEst e_t = est_of(x_t, load_x(0));
+    SjpEst e_p = est_of(x_p, load_x(0));
+    SjpEst e_pp = est_of(x_pp, load_x(0));
     SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
-    const sjp_scalar* gsp = grad_s + (sjp_index)(T - 1) * M + m;
-    sjp_scalar* gxp = grad_x + (sjp_index)(T - 1) * M + m;
+    // grad_S may be null (the spikes are not used): then it is 0
+    const bool has_gs = grad_s != nullptr;
+    sjp_index gi = (sjp_index)(T - 1) * M + m;  // grad_S / grad_I of step t
     float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
     float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
+    // Time runs backwards in chunks of SJP_MPE_BCHUNK steps; a chunk's loads (grad_S
+    // of its steps, x of the estimates they move to) are issued together before any
+    // is used and kept packed until their step, so they are in flight at once.
 #pragma unroll 1
-    for (int t = T - 1; t >= 0; --t) {
-      // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
-      // current wiring's loss target of step t
-      SjpStep st_p;
-      float u_before = u_init;
-      if (t >= 1) {
-        st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
-        u_before = st_p.u;
+    for (int tc = T - 1; tc >= 0; tc -= SJP_MPE_BCHUNK) {
+      unsigned int xr[SJP_MPE_BCHUNK], gr[SJP_MPE_BCHUNK];
+#pragma unroll
+      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
+        xr[c] = load_x(c);
+        gr[c] = has_gs && tc - c >= 0 ? sjp_raw_bits(grad_s, gi - (sjp_index)c * M) : 0u;
       }
-      const float gs = sjp_load(gsp, 0);
-      gsp -= M;
-      // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
-      // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
-      float adj_u = 0.0f;
-      float grad_uh = 0.0f;
-      if (t == T - 1) {
-        if (grad_ul) adj_u += sjp_load(grad_ul, m);
-        if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
+#pragma unroll
+      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
+        const int t = tc - c;
+        if (t >= 0) {
+          // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
+          // current wiring's loss target of step t
+          SjpStep st_p;
+          float u_before = u_init;
+          if (t >= 1) {
+            st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
+            u_before = st_p.u;
+          }
+          const float gs = sjp_float_of(gr[c]);
+          // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
+          // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
+          float adj_u = 0.0f;
+          float grad_uh = 0.0f;
+          if (t == T - 1) {
+            if (grad_ul) adj_u += sjp_load(grad_ul, m);
+            if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
+          }
+          const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
+          float err;
+          if (current_wiring) {
+            adj_u -= mse_next_term;
+            err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
+          } else {
+            err = e_t.uh - st_t.u;
+            adj_u -= gm * err;
+          }
+          const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
+          acc_v -= sg_term;
+          const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
+          if (current_wiring) {
+            const float cw = (t0 + t) == 0 ? 0.0f : 1.0f;
+            grad_uh += gm * cw * err + tau * cw * grad_h;
+            mse_next_term = gm * cw * err;
+          } else {
+            grad_uh += gm * err + tau * grad_h_next;
+            grad_h_next = grad_h;
+          }
+          if (t == 0) {  // the incoming state's gradients (0 where the wiring has none)
+            if (grad_u0) grad_u0[m] = current_wiring ? -mse_next_term : 0.0f;
+            if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : tau * grad_h;
+          }
+          sjp_store(grad_x, gi, grad_h + grad_uh * e_t.dudx);
+          gi -= M;
+          // shift the window one step back in time
+          x_t = x_p;
+          e_t = e_p;
+          st_t = st_p;
+          x_p = x_pp;
+          e_p = e_pp;
+          e_pp = est_of(x_pp, xr[c]);
+        }
       }
-      const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
-      float err;
-      if (current_wiring) {
-        adj_u -= mse_next_term;
-        err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
-      } else {
-        err = e_t.uh - st_t.u;
-        adj_u -= gm * err;
-      }
-      const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
-      acc_v -= sg_term;
-      const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
-      if (current_wiring) {
-        const float c = (t0 + t) == 0 ? 0.0f : 1.0f;
-        grad_uh += gm * c * err + tau * c * grad_h;
-        mse_next_term = gm * c * err;
-        if (t == 0 && grad_u0) grad_u0[m] = -mse_next_term;
-      } else {
-        grad_uh += gm * err + tau * grad_h_next;
-        grad_h_next = grad_h;
-        if (t == 0 && grad_u_hat0) grad_u_hat0[m] = tau * grad_h;
-      }
-      sjp_store(gxp, 0, grad_h + grad_uh * e_t.dudx);
-      gxp -= M;
-      // shift the window one step back in time
-      x_t = x_p;
-      e_t = e_p;
-      st_t = st_p;
-      x_p = x_pp;
-      e_p = e_pp;
-      e_pp = next_est(x_pp);
     }
   }
   const float r = sjp_block_sum(acc_v, scratch);
-  if (threadIdx.x == 0) gv_partial[blockIdx.x] = r;
+  if (threadIdx.x == 0) work[blockIdx.x] = r;
+  sjp_finish_sums(work, counters, 1, grad_v, 1, nullptr, 1.0f);
 }

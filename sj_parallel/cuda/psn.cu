@@ -42,9 +42,15 @@
 //   W lives in shared memory (fp32, or pre-split hi/lo for T <= 32), XOR-swizzled so
 //   both of its fragment patterns (rows of W for H, columns of W for grad_X) are
 //   conflict-free. grad_W and grad_b are written as one partial per block
-//   (gw_partial[block][T][T], gb_partial[block][T]), the k-groups and warps added in a
-//   fixed order; the launcher adds the partials over blocks in a fixed order.
+//   (work[block] = [grad_W (T*T) | grad_b (T)]), the k-groups and warps added in a
+//   fixed order; sjp_finish_sums (common.cuh) then adds the partials over blocks in a
+//   fixed order inside the same launch and writes grad_W [T][T] and grad_b [T].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X); H is recomputed, never stored.
+// the tensor-core backward (T > 4) calls the sums over blocks as a function (see
+// common.cuh)
+#if defined(SJP_T) && SJP_T > 4
+#define SJP_FINISH_INLINE __noinline__
+#endif
 #include "common.cuh"
 
 #ifndef SJP_T
@@ -87,6 +93,36 @@ __device__ __forceinline__ void sjp_load_cols(const sjp_scalar* p, int r, sjp_in
 #else
 #pragma unroll
   for (int k = 0; k < N; ++k) v[k] = m + k < M ? sjp_load(p, (sjp_index)r * M + m + k) : 0.0f;
+#endif
+}
+
+// The same N columns as raw 32-bit words (half types: two elements per word), left
+// packed until used (sjp_word_elem), so the loads stay in flight.
+template <int N>
+__device__ __forceinline__ void sjp_load_cols_raw(const sjp_scalar* p, int r, sjp_index m,
+                                                  sjp_index M, unsigned int* w) {
+  constexpr int W = N * (int)sizeof(sjp_scalar) / 4;
+#if SJP_VEC
+  if (m < M) {
+    SJP_EMU_GLOBAL(p + (sjp_index)r * M + m, (int)(N * sizeof(sjp_scalar)), 0);
+    sjp_ldg_words<W>(p, (sjp_index)r * M + m, w);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) w[k] = 0u;
+  }
+#else
+#pragma unroll
+  for (int k = 0; k < W; ++k) w[k] = 0u;
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+    if (m + k < M) {
+      const unsigned int bits = sjp_raw_bits(p, (sjp_index)r * M + m + k);
+      if (sizeof(sjp_scalar) == 4) {
+        w[k] = bits;
+      } else {
+        w[k >> 1] |= bits << (16 * (k & 1));
+      }
+    }
 #endif
 }
 
@@ -222,6 +258,14 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
 #define SJP_FWD_BLOCK 256
 #define SJP_F_NMT (SJP_NT <= 2 ? 2 : 1)  // 16-column m-tiles per warp
 #define SJP_FWD_COLS (8 * 16 * SJP_F_NMT)
+// k-steps of X in flight (_cuda.psn_forward_ahead): half types all of them for
+// T <= 32, 4 at T > 56, else 2 (4 spills on sm_80 there); float32 2 for 16 < T <= 32
+// (lanes of 2 columns; more registers spill above T = 32), else 1
+#if SJP_DTYPE != 0
+#define SJP_F_AHEAD (SJP_NT <= 4 ? SJP_NT : SJP_NT == 8 ? 4 : 2)
+#else
+#define SJP_F_AHEAD (SJP_NT > 2 && SJP_NT <= 4 ? 2 : 1)
+#endif
 
 extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK)
     sjp_psn_forward(const sjp_scalar* __restrict__ x, const float* __restrict__ W,
@@ -259,40 +303,59 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
         acc[i][nt][1] = acc[i][nt][3] = bb[1];
       }
     }
-    // rows 8 kk + 2q and + 1 of X for the lane's columns, loaded one k-step ahead
-    float xr[2][NV];
+    // rows 8 kk + 2q and + 1 of X for the lane's columns, as raw words, loaded
+    // SJP_F_AHEAD k-steps ahead (a ring: slot d holds k-step k0 + d) and converted
+    // only when the k-step is used, so several k-steps' loads are in flight
+    constexpr int D = SJP_F_AHEAD, NW = NV * (int)sizeof(sjp_scalar) / 4;
+    unsigned int xw[D][2][NW];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      if (2 * q + e < SJP_T) {
-        sjp_load_cols<NV>(x, 2 * q + e, mw, M, xr[e]);
-      } else {
+    for (int d = 0; d < D; ++d)
 #pragma unroll
-        for (int c = 0; c < NV; ++c) xr[e][c] = 0.0f;
-      }
-    }
-#pragma unroll 1
-    for (int kk = 0; kk < SJP_NT; ++kk) {
-      unsigned int ah[NMT][4], al[NMT][4];
-      sjp_afrags<NMT, SJP_X_LO>(xr[0], xr[1], ah, al);
-      if (kk + 1 < SJP_NT) {
+      for (int e = 0; e < 2; ++e) {
+        const int j = 8 * d + 2 * q + e;
+        if (j < SJP_T) {
+          sjp_load_cols_raw<NV>(x, j, mw, M, xw[d][e]);
+        } else {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int j = 8 * (kk + 1) + 2 * q + e;
-          if (j < SJP_T) {
-            sjp_load_cols<NV>(x, j, mw, M, xr[e]);
-          } else {
-#pragma unroll
-            for (int c = 0; c < NV; ++c) xr[e][c] = 0.0f;
-          }
+          for (int c = 0; c < NW; ++c) xw[d][e][c] = 0u;
         }
       }
-      const int wo = sjp_opaque(sjp_wrow(g, q, kk));
+#pragma unroll 1
+    for (int k0 = 0; k0 < SJP_NT; k0 += D) {
 #pragma unroll
-      for (int nt = 0; nt < SJP_NT; ++nt) {
-        unsigned int bh[2], bl[2];
-        sjp_wfrag<true>(Wh, Wl, wo + 8 * nt * SJP_SW, bh, bl);
+      for (int d = 0; d < D; ++d) {
+        const int kk = k0 + d;
+        if (SJP_NT % D == 0 || kk < SJP_NT) {
+          float v0[NV], v1[NV];
 #pragma unroll
-        for (int i = 0; i < NMT; ++i) sjp_mma3<SJP_X_LO, true>(acc[i][nt], ah[i], al[i], bh, bl);
+          for (int c = 0; c < NV; ++c) {
+            v0[c] = sjp_word_elem<NV>(xw[d][0], c);
+            v1[c] = sjp_word_elem<NV>(xw[d][1], c);
+          }
+          unsigned int ah[NMT][4], al[NMT][4];
+          sjp_afrags<NMT, SJP_X_LO>(v0, v1, ah, al);
+          if (kk + D < SJP_NT) {  // refill the slot with k-step kk + D
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = 8 * (kk + D) + 2 * q + e;
+              if (j < SJP_T) {
+                sjp_load_cols_raw<NV>(x, j, mw, M, xw[d][e]);
+              } else {
+#pragma unroll
+                for (int c = 0; c < NW; ++c) xw[d][e][c] = 0u;
+              }
+            }
+          }
+          const int wo = sjp_opaque(sjp_wrow(g, q, kk));
+#pragma unroll
+          for (int nt = 0; nt < SJP_NT; ++nt) {
+            unsigned int bh[2], bl[2];
+            sjp_wfrag<true>(Wh, Wl, wo + 8 * nt * SJP_SW, bh, bl);
+#pragma unroll
+            for (int i = 0; i < NMT; ++i)
+              sjp_mma3<SJP_X_LO, true>(acc[i][nt], ah[i], al[i], bh, bl);
+          }
+        }
       }
     }
     // spikes: accumulator (i, nt)[2r + e] is H[8 nt + 2q + e] of column mw + 2i + r
@@ -325,8 +388,9 @@ extern "C" __global__ void __launch_bounds__(SJP_FWD_BLOCK, 1024 / SJP_FWD_BLOCK
 extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 8) sjp_psn_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ W, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ gw_partial,
-    float* __restrict__ gb_partial, const sjp_index M, const float sg_a,
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const float sg_a,
     const float sg_c, const float sg_d) {
   SJP_DYN_SMEM(smem);  // [warps][SJP_NACC] for the block's sums
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -382,12 +446,9 @@ extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 8) sjp_psn_backward(
   for (int i = tid; i < SJP_NACC; i += blockDim.x) {
     float sum = 0.0f;
     for (int k = 0; k < SJP_BWD_BLOCK / 32; ++k) sum += smem[k * SJP_NACC + i];
-    if (i < SJP_T * SJP_T) {
-      gw_partial[(sjp_index)blockIdx.x * SJP_T * SJP_T + i] = sum;
-    } else {
-      gb_partial[(sjp_index)blockIdx.x * SJP_T + i - SJP_T * SJP_T] = sum;
-    }
+    work[(sjp_index)blockIdx.x * SJP_NACC + i] = sum;  // [grad_W | grad_b]
   }
+  sjp_finish_sums(work, counters, SJP_NACC, grad_w, SJP_T * SJP_T, grad_b, 1.0f);
 }
 #else  // T > 4: tensor cores
 #define SJP_BWD_BLOCK 256
@@ -419,8 +480,9 @@ static_assert(SJP_WSPLIT || SJP_P == 4, "grad_X reads W's columns with P = 4");
 extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 4) sjp_psn_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ W, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ gw_partial,
-    float* __restrict__ gb_partial, const sjp_index M, const float sg_a,
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const float sg_a,
     const float sg_c, const float sg_d) {
   constexpr int NMT = SJP_NMT, NV = 2 * SJP_NMT, P = SJP_P, SS = SJP_SS;
   SJP_DYN_SMEM(smem);
@@ -677,16 +739,20 @@ extern "C" __global__ void __launch_bounds__(SJP_BWD_BLOCK, 4) sjp_psn_backward(
     }
   }
   __syncthreads();
+  // this block's partial [grad_W | grad_b], then the sums over the blocks
+  constexpr int NP = SJP_T * SJP_T + SJP_T;
+  float* part = work + (sjp_index)blockIdx.x * NP;
   for (int i = tid; i < SJP_T * SJP_T; i += blockDim.x) {
     const int t = i / SJP_T, j = i - t * SJP_T;
     float sum = 0.0f;
     for (int k = 0; k < SJP_KG; ++k) sum += red[(k * SJP_TM3 + t) * SJP_RS + j];
-    gw_partial[(sjp_index)blockIdx.x * SJP_T * SJP_T + i] = sum;
+    part[i] = sum;
   }
   for (int t = tid; t < SJP_T; t += blockDim.x) {
     float sum = 0.0f;
     for (int k = 0; k < SJP_KG; ++k) sum += gred[k * SJP_TM3 + t];
-    gb_partial[(sjp_index)blockIdx.x * SJP_T + t] = sum;
+    part[SJP_T * SJP_T + t] = sum;
   }
+  sjp_finish_sums(work, counters, NP, grad_w, SJP_T * SJP_T, grad_b, 1.0f);
 }
 #endif

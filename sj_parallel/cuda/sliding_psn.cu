@@ -22,8 +22,9 @@
 // output leaving the last lane is complete and is written. grad_w[k-1-d] =
 // sum_t GH[t] X[t-d] and grad_b = sum_t GH[t] are summed per lane, then over the
 // columns of the block in a fixed order (butterfly shuffles, then warps in order) and
-// written as one partial per block (partial[block][0..k-1] weights, [k] bias); the
-// launcher adds the partials over blocks in a fixed order.
+// written as one partial per block (work[block][0..k-1] weights, [k] bias), which the
+// same launch adds over the blocks in a fixed order (sjp_finish_sums, common.cuh)
+// into grad_w [k] and grad_b [1].
 // Bytes: read 2*T*M (X, grad_S), write T*M (grad_X).
 #include "common.cuh"
 
@@ -116,18 +117,23 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
     const sjp_scalar* xp = x + mc;  // row t of this column, stepped by M
     sjp_scalar* sp = s_out + mc;
     // time runs in whole chunks of SEG steps (the ring slot of step t is t mod SEG, a
-    // compile-time index); steps past T load zeros and store nothing
+    // compile-time index); steps past T load zeros and store nothing. A chunk's
+    // inputs are loaded first, all in flight together, and kept packed until used.
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
+      unsigned int xr[SEG];
+#pragma unroll
+      for (int u = 0; u < SEG; ++u)
+        xr[u] = io && t0 + u < T ? sjp_raw_bits(xp, (sjp_index)u * M) : 0u;
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const bool in_t = t0 + u < T;
-        const float xin = io && in_t ? sjp_load(xp, 0) : 0.0f;
-        const float h = sjp_window_step<S, SEG>(ring, wreg, u, xin, seg, bias);
+        const float h =
+            sjp_window_step<S, SEG>(ring, wreg, u, sjp_float_of(xr[u]), seg, bias);
         if (io && in_t) sjp_store(sp, 0, sjp_heaviside(h));
-        xp += M;
         sp += M;
       }
+      xp += (sjp_index)SEG * M;
     }
   }
 }
@@ -135,8 +141,10 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8)
 extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_backward(
     const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ grad_s,
     const float* __restrict__ w, const float* __restrict__ b,
-    sjp_scalar* __restrict__ grad_x, float* __restrict__ partial, const sjp_index M,
-    const int T, const float sg_a, const float sg_c, const float sg_d) {
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_w,
+    float* __restrict__ grad_b, float* __restrict__ work,
+    unsigned int* __restrict__ counters, const sjp_index M, const int T,
+    const float sg_a, const float sg_c, const float sg_d) {
   SJP_DYN_SMEM(red);  // [warps][SJP_K + 1] | k > 8: the rings' flush [SJP_BSEG][block]
   constexpr int S = SJP_BS, SEG = SJP_BSEG;
   constexpr bool PAD = S == 1;  // whole chunks (see the time loop)
@@ -174,15 +182,29 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
     // chunk's loads: those registers would spill the windows).
 #pragma unroll 1
     for (int t0 = 0; t0 < T; t0 += SEG) {
+      // one lane per column (PAD): the chunk's inputs first, all in flight together,
+      // packed until used; several lanes: loaded per step (more registers spill)
+      constexpr int NB = PAD ? SEG : 1;
+      unsigned int xraw[NB], graw[NB];
+      if (PAD) {
+#pragma unroll
+        for (int u = 0; u < SEG; ++u) {
+          const bool ld = loads && t0 + u < T;
+          xraw[u % NB] = ld ? sjp_raw_bits(xp, (sjp_index)u * M) : 0u;
+          graw[u % NB] = ld ? sjp_raw_bits(gp, (sjp_index)u * M) : 0u;
+        }
+      }
 #pragma unroll
       for (int u = 0; u < SEG; ++u) {
         const int t = t0 + u;
         if (PAD || t < T) {
-          const bool in_t = !PAD || t < T;
-          const float xin = loads && in_t ? sjp_load(xp, 0) : 0.0f;
-          const float gin = loads && in_t ? sjp_load(gp, 0) : 0.0f;
-          xp += M;
-          gp += M;
+          const bool ld = !PAD && loads;
+          const float xin = PAD  ? sjp_float_of(xraw[u % NB])
+                            : ld ? sjp_load(xp, (sjp_index)u * M)
+                                 : 0.0f;
+          const float gin = PAD  ? sjp_float_of(graw[u % NB])
+                            : ld ? sjp_load(gp, (sjp_index)u * M)
+                                 : 0.0f;
           // the pending output in slot u has delay SEG*(seg+1) now: pass it on; the
           // last lane's, output t - SEG*S < T, is complete (delays past k have zero
           // weight)
@@ -204,6 +226,8 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
           if (seg == 0) ab += gh;
         }
       }
+      xp += (sjp_index)SEG * M;
+      gp += (sjp_index)SEG * M;
     }
     // The outputs still in the rings are complete: after the last step run, t_last,
     // output t_last - SEG*seg - e sits in slot (t_last - e) mod SEG; those past T - 1
@@ -240,6 +264,7 @@ extern "C" __global__ void __launch_bounds__(SJP_SLIDE_BLOCK, 8) sjp_sliding_bac
   for (int i = threadIdx.x; i <= SJP_K; i += blockDim.x) {
     float sum = 0.0f;
     for (int wp = 0; wp < (int)(blockDim.x >> 5); ++wp) sum += red[wp * (SJP_K + 1) + i];
-    partial[(sjp_index)blockIdx.x * (SJP_K + 1) + i] = sum;
+    work[(sjp_index)blockIdx.x * (SJP_K + 1) + i] = sum;
   }
+  sjp_finish_sums(work, counters, SJP_K + 1, grad_w, SJP_K, grad_b, 1.0f);
 }

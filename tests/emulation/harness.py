@@ -83,6 +83,7 @@ class EmulatedModule:
             fn.restype = ctypes.c_int
         if instrument:
             self._lib.emu_stats_get.argtypes = [ctypes.POINTER(ctypes.c_double)]
+        self._lib.emu_set_block_order.argtypes = [ctypes.c_int]
 
     def reset_stats(self) -> None:
         self._lib.emu_stats_reset()
@@ -93,7 +94,18 @@ class EmulatedModule:
         self._lib.emu_stats_get(out)
         return dict(zip(STAT_FIELDS, list(out)))
 
-    def launch(self, kernel: str, grid: int, block: int, *args, smem: int = 0) -> None:
+    def launch(
+        self,
+        kernel: str,
+        grid: int,
+        block: int,
+        *args,
+        smem: int = 0,
+        order: str = "forward",
+    ) -> None:
+        """Run ``kernel`` over ``grid`` blocks of ``block`` threads; tensors (CPU,
+        contiguous) or ``None`` for pointer parameters, Python numbers for the rest;
+        ``order``: the order the blocks run in (:data:`BLOCK_ORDERS`)."""
         params = self.kernels[kernel]
         if len(args) != len(params):
             raise TypeError(f"{kernel} takes {len(params)} arguments, got {len(args)}")
@@ -108,16 +120,45 @@ class EmulatedModule:
                     conv.append(a.data_ptr())
             else:
                 conv.append(a)
-        rc = getattr(self._lib, f"emu_launch_{kernel}")(grid, block, smem, *conv)
+        self.launch_raw(kernel, grid, block, conv, smem=smem, order=order)
+
+    def launch_raw(
+        self,
+        kernel: str,
+        grid: int,
+        block: int,
+        args,
+        smem: int = 0,
+        order: str = "forward",
+    ) -> None:
+        """:meth:`launch` with host addresses (ints, 0 or ``None`` for null) for the
+        pointer parameters."""
+        self._lib.emu_set_block_order(BLOCK_ORDERS[order])
+        rc = getattr(self._lib, f"emu_launch_{kernel}")(grid, block, smem, *args)
         if rc != 0:
             raise RuntimeError(f"OpenMP gave fewer than {block} threads for {kernel}")
+
+
+#: Orders in which the emulation runs a grid's blocks (one at a time): the block that
+#: finishes last (and so does the final fixed-order sums) differs between them.
+BLOCK_ORDERS = {"forward": 0, "reverse": 1, "rotate": 2}
+
+_ORDER_CODE = """
+static int sjp_emu_order = 0;
+extern "C" void emu_set_block_order(int order) { sjp_emu_order = order; }
+static inline int sjp_emu_block_at(int i, int grid) {
+  if (sjp_emu_order == 1) return grid - 1 - i;
+  if (sjp_emu_order == 2) return (i + grid / 2) % grid;
+  return i;
+}
+"""
 
 
 def _wrappers(
     source: str, instrument: bool
 ) -> Tuple[str, Dict[str, List[Tuple[str, str]]]]:
     kernels = {}
-    code = []
+    code = [_ORDER_CODE]
     done = "sjp_emu_block_done(block);" if instrument else ""
     for name, sig in _SIG.findall(source):
         if name in kernels:  # the same kernel in another #if branch (same signature)
@@ -137,7 +178,8 @@ extern "C" int emu_launch_{name}(int grid, int block, long long smem_bytes, {dec
   sjp_emu_dyn_smem = (unsigned char*)aligned_alloc(128, smem_size);
   for (int w = 0; w < (block + 31) / 32; ++w)
     pthread_barrier_init(&sjp_emu_warp_bar[w], nullptr, 32);
-  for (int emu_block = 0; emu_block < grid && !bad; ++emu_block) {{
+  for (int emu_i = 0; emu_i < grid && !bad; ++emu_i) {{
+    const int emu_block = sjp_emu_block_at(emu_i, grid);
     blockIdx = {{(unsigned)emu_block, 0, 0}};
     memset(sjp_emu_dyn_smem, 0xff, smem_size);  // NaN: unwritten shared data shows
 #pragma omp parallel num_threads(block)
@@ -198,12 +240,20 @@ def load(
     key = (name, dtype, const, tuple(flags), instrument, defines)
     if key in _CACHE:
         return _CACHE[key]
-    source = C.kernel_source(name)
+    opts = list(C.variant_options(name, dtype, const, flags)) + list(defines)
+    mod = load_source(name, C.kernel_source(name), opts, instrument=instrument)
+    _CACHE[key] = mod
+    return mod
+
+
+def load_source(
+    name: str, source: str, options, *, instrument: bool = False
+) -> EmulatedModule:
+    """Compile (cached on disk) a whole translation unit ``source`` with the ``-D``
+    options among ``options`` (the NVRTC options of a launch: the others, ``-I`` and
+    ``-std``, are NVRTC's); ``name`` names the build files."""
     wrappers, kernels = _wrappers(source, instrument)
-    opts = [
-        o for o in C.variant_options(name, dtype, const, flags) if o.startswith("-D")
-    ]
-    opts += list(defines)
+    opts = [o for o in options if o.startswith("-D")]
     if instrument:
         opts.append("-DSJP_INSTRUMENT")
     extra = INSTRUMENT.read_text() if instrument else ""
@@ -223,9 +273,7 @@ def load(
         if proc.returncode != 0:
             raise RuntimeError(f"g++ failed for {name}:\n{proc.stderr[-6000:]}")
         os.replace(tmp, so)
-    mod = EmulatedModule(so, kernels, instrument)
-    _CACHE[key] = mod
-    return mod
+    return EmulatedModule(so, kernels, instrument)
 
 
 def to_kernel(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -44,6 +44,12 @@ static sjp_dim3 blockIdx, blockDim, gridDim;
 struct float4 {
   float x, y, z, w;
 };
+struct uint2 {
+  unsigned int x, y;
+};
+struct uint4 {
+  unsigned int x, y, z, w;
+};
 
 // Warp-level barriers (one per warp of the block, initialised by the launch wrapper):
 // shuffles and the mma synchronise only the 32 threads of their warp, so warps may
@@ -58,7 +64,24 @@ static inline void sjp_emu_warp_sync() {
 static unsigned char* sjp_emu_dyn_smem = nullptr;
 
 // ----------------------------------------------------------------- atomics
-static long long sjp_emu_atomics = 0;
+// Blocks run one after another (in the order the launch wrapper picks, see
+// sjp_emu_block_order), so an integer ticket counter sees the blocks finish in that
+// order; __threadfence() orders this thread's memory operations (a full fence).
+static long long sjp_emu_atomics = 0;       // float atomics (the kernels use none)
+static long long sjp_emu_int_atomics = 0;   // integer atomics (tickets)
+static inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  unsigned int old;
+#pragma omp atomic capture
+  {
+    old = *address;
+    *address += value;
+  }
+#pragma omp atomic
+  sjp_emu_int_atomics += 1;
+  return old;
+}
+#define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+static inline int min(int a, int b) { return a < b ? a : b; }
 static inline float atomicAdd(float* address, float value) {
   float old;
 #pragma omp atomic capture
@@ -103,6 +126,18 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   r.bits = (uint16_t)(u >> 16);
   return r;
 }
+
+static inline unsigned short __half_as_ushort(__half h) {
+  unsigned short u;
+  memcpy(&u, &h.v, 2);
+  return u;
+}
+static inline __half __ushort_as_half(unsigned short u) {
+  __half h;
+  memcpy(&h.v, &u, 2);
+  return h;
+}
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 
 // the fast-math intrinsics, exact here
 static inline float __fdividef(float a, float b) { return a / b; }
