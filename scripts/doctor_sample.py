@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,16 +30,24 @@ _VERSION_KEYS = (
 
 
 def sample() -> str:
-    """The report of ``python -m sj_parallel doctor`` on this machine, with the
+    """The report of ``python -m sj_parallel doctor`` on this machine, as a user runs
+    it (a fresh process, without the test suite's ``TRITON_INTERPRET=1``), with the
     directories before ``site-packages`` shortened to ``...``."""
-    sys.path.insert(0, ROOT)
-    from sj_parallel import backends
-    from sj_parallel.doctor import doctor, format_report, process_seconds
-
-    backends.cupy_import_error.cache_clear()
-    report = doctor()
-    report["process_seconds"] = process_seconds()
-    text = format_report(report)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "sj_parallel", "doctor"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the doctor failed:\n{proc.stdout}\n{proc.stderr}")
+    text = proc.stdout.rstrip("\n")
     return re.sub(r"/\S*/site-packages/", ".../site-packages/", text) + "\n"
 
 
