@@ -338,7 +338,7 @@ def test_input_errors_name_the_backend_and_the_fix():
     x = torch.randn(65, 3, device=DEVICE)
     with pytest.raises(ValueError, match="T <= 64, got T=65; use backend='torch'"):
         tb.psn(x, torch.randn(65, 65, device=DEVICE), torch.zeros(65, 1), sg)
-    with pytest.raises(ValueError, match="k <= 32, got k=33; use backend='cupy'"):
+    with pytest.raises(ValueError, match="k <= 32, got k=33; use backend='torch'"):
         tb.sliding_psn(x, torch.randn(33, device=DEVICE), torch.tensor(0.0), sg)
     with pytest.raises(ValueError, match="backend 'triton' supports the SpikingJelly"):
         tb.psn(x[:4], torch.randn(4, 4, device=DEVICE), torch.zeros(4, 1),

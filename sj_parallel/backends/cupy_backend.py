@@ -19,19 +19,15 @@ as float32 and their gradients returned in their own dtype, which is what
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import _cuda as C
-from ._autograd import forbid_double_backward
+from ._fused import Impls, Limits, as_contiguous, build
 
 if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
     raise ImportError("backend 'cupy' needs torch >= 2.4 (torch.library.custom_op)")
-
-Surrogate = Callable[[Tensor], Tensor]
 
 
 def _check(x: Tensor, name: str) -> Tensor:
@@ -76,46 +72,10 @@ def _work(grid: int, n: int, x: Tensor) -> Tensor:
     return torch.empty(n_floats, dtype=torch.float32, device=x.device)
 
 
-def _eager(name: str, forward, setup, grads, backward) -> type:
-    """The eager form of a custom op with its autograd formula: a
-    ``torch.autograd.Function`` that calls the same implementation functions
-    directly (the custom op's Python dispatch costs more host time than the rest of
-    a pass). ``torch.compile`` traces the custom ops instead (:func:`_run`)."""
-
-    def fwd(ctx, *inputs):
-        out = forward(*inputs)
-        setup(ctx, inputs, out)
-        return out
-
-    def bwd(ctx, *grad_outputs):
-        return grads(ctx, *grad_outputs, backward=backward)
-
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(fwd), "backward": staticmethod(bwd)})  # fmt: skip
-
-
-def _run(op, eager: type, *args):
-    """``op`` (a custom op) under ``torch.compile``, its eager Function otherwise:
-    the same kernels and formulas either way."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return eager.apply(*args)
-
-
 # ----------------------------------------------------------------------------- PSN
-def _psn_forward(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tensor:
+def _psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     s = torch.empty_like(x)
-    if M == 0:
-        return s
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, s))
     k, grid, block, smem = _prepare("psn", "sjp_psn_forward", x, M, T, flags)
     args = (x, _f32(weight), _f32(bias), s, np.int64(M))
@@ -123,30 +83,9 @@ def _psn_forward(
     return s
 
 
-psn_forward = torch.library.custom_op("sj_parallel::psn_forward", mutates_args=())(
-    _psn_forward
-)
-
-
-@psn_forward.register_fake
-def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x)
-
-
-def _psn_backward(
-    x: Tensor,
-    grad_s: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     gx = torch.empty_like(x)
-    if M == 0:
-        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     grad_s = _as(grad_s, x.dtype).contiguous()
     flags = C.psn_flags(sg_kind, C.psn_vector_ok(M, x, grad_s, gx))
     k, grid, block, smem = _prepare("psn", "sjp_psn_backward", x, M, T, flags)
@@ -171,70 +110,11 @@ def _psn_backward(
     return gx, _as(gw, weight.dtype), _as(gb.view(bias.shape), bias.dtype)
 
 
-psn_backward = torch.library.custom_op("sj_parallel::psn_backward", mutates_args=())(
-    _psn_backward
-)
-
-
-@psn_backward.register_fake
-def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-
-def _psn_setup(ctx, inputs, output):
-    x, weight, bias, *sg = inputs
-    ctx.save_for_backward(x, weight, bias)
-    ctx.sg = sg
-
-
-def _psn_bwd(ctx, grad_s, backward=psn_backward):
-    x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("PSN", "cupy", grad_s, x, weight, bias)
-    gx, gW, gb = backward(x, grad_s, weight, bias, *ctx.sg)
-    return gx, gW, gb, None, None, None, None
-
-
-psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
-_PSN = _eager("PSN", _psn_forward, _psn_setup, _psn_bwd, _psn_backward)
-
-
-def psn(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    surrogate_function: Surrogate,
-    memory: str = "lean",
-) -> Tensor:
-    """Dense PSN (and masked PSN with its masked weight) on CUDA ``x`` ``[T, M]``.
-
-    ``memory`` is accepted for the torch backend's signature: the kernels always
-    keep only ``X`` and recompute ``H`` in backward."""
-    x = _check(x, "PSN")
-    T = x.shape[0]
-    if T > C.PSN_MAX_T:
-        raise ValueError(
-            f"backend 'cupy' supports PSN/MaskedPSN with T <= {C.PSN_MAX_T}, got "
-            f"T={T}; use backend='torch'"
-        )
-    sg = C.surrogate_params(surrogate_function)
-    return _run(psn_forward, _PSN, x, weight, bias.reshape(T, 1), *sg)
-
-
 # --------------------------------------------------------------------- sliding PSN
-def _sliding_psn_forward(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tensor:
+def _sliding_psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     k = weight.shape[0]
     s = torch.empty_like(x)
-    if M == 0 or T == 0:
-        return s
     kern, grid, block, smem = _prepare(
         "sliding", "sjp_sliding_forward", x, M, k, C.sg_flags(sg_kind)
     )
@@ -243,31 +123,10 @@ def _sliding_psn_forward(
     return s
 
 
-sliding_psn_forward = torch.library.custom_op(
-    "sj_parallel::sliding_psn_forward", mutates_args=()
-)(_sliding_psn_forward)
-
-
-@sliding_psn_forward.register_fake
-def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x)
-
-
-def _sliding_psn_backward(
-    x: Tensor,
-    grad_s: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _sliding_psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     k = weight.shape[0]
     gx = torch.empty_like(x)
-    if M == 0 or T == 0:
-        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     kern, grid, block, smem = _prepare(
         "sliding", "sjp_sliding_backward", x, M, k, C.sg_flags(sg_kind)
     )
@@ -293,76 +152,15 @@ def _sliding_psn_backward(
     return gx, _as(gw, weight.dtype), _as(gb.reshape(bias.shape), bias.dtype)
 
 
-sliding_psn_backward = torch.library.custom_op(
-    "sj_parallel::sliding_psn_backward", mutates_args=()
-)(_sliding_psn_backward)
-
-
-@sliding_psn_backward.register_fake
-def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-
-def _sliding_bwd(ctx, grad_s, backward=sliding_psn_backward):
-    x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("SlidingPSN", "cupy", grad_s, x, weight, bias)
-    gx, gw, gb = backward(x, grad_s, weight, bias, *ctx.sg)
-    return gx, gw, gb, None, None, None, None
-
-
-sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
-_SLIDING = _eager(
-    "SlidingPSN", _sliding_psn_forward, _psn_setup, _sliding_bwd, _sliding_psn_backward
-)
-
-
-def sliding_psn(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    surrogate_function: Surrogate,
-    memory: str = "lean",
-) -> Tensor:
-    """Banded sliding PSN on CUDA ``x`` ``[T, M]``, any ``T``, ``k <= 64``
-    (``memory`` is ignored: the kernels keep only ``X``)."""
-    x = _check(x, "SlidingPSN")
-    k = weight.shape[0]
-    if k > C.SLIDING_MAX_K:
-        raise ValueError(
-            f"backend 'cupy' supports SlidingPSN with k <= {C.SLIDING_MAX_K}, got "
-            f"k={k}; use backend='torch'"
-        )
-    sg = C.surrogate_params(surrogate_function)
-    return _run(sliding_psn_forward, _SLIDING, x, weight, bias, *sg)
-
-
 # ------------------------------------------------------------------------- MPE-PSN
-def _mpe_psn_forward(
-    x: Tensor,
-    v_threshold: Tensor,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    tau: float,
-    current_wiring: bool,
-    stochastic: bool,
-    seed_lo: int,
-    seed_hi: int,
-    t0: int,
-    need_mse: bool,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic,
+                     seed_lo, seed_hi, t0, need_mse, sg_kind, sg_a, sg_c,
+                     sg_d):  # fmt: skip
     T, M = x.shape
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
     mse = torch.empty(T, dtype=torch.float32, device=x.device)
-    if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
-        uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
-        ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
-        return s, mse.zero_(), uhl, ul
     flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
     kern, grid, block, smem = _prepare("mpe", "sjp_mpe_forward", x, M, None, flags, T)
     if not need_mse:
@@ -391,53 +189,15 @@ def _mpe_psn_forward(
     return s, mse, uhl, ul
 
 
-mpe_psn_forward = torch.library.custom_op(
-    "sj_parallel::mpe_psn_forward", mutates_args=()
-)(_mpe_psn_forward)
-
-
-@mpe_psn_forward.register_fake
-def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed_hi,
-      t0, need_mse, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
-    T, M = x.shape
-    return (
-        torch.empty_like(x),
-        x.new_empty(T, dtype=torch.float32),
-        x.new_empty(M),
-        x.new_empty(M),
-    )
-
-
-def _mpe_psn_backward(
-    x: Tensor,
-    v_threshold: Tensor,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    grad_s: Optional[Tensor],
-    grad_mse: Optional[Tensor],
-    grad_uhl: Optional[Tensor],
-    grad_ul: Optional[Tensor],
-    tau: float,
-    current_wiring: bool,
-    stochastic: bool,
-    seed_lo: int,
-    seed_hi: int,
-    t0: int,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mpe_psn_backward(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
+                      grad_ul, tau, current_wiring, stochastic, seed_lo, seed_hi,
+                      t0, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
     T, M = x.shape
     gx = torch.empty_like(x)
     guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
     gu0 = torch.empty(M, dtype=torch.float32, device=x.device)
-    if T == 0 or M == 0:
-        return gx, torch.zeros_like(v_threshold), guh0.zero_(), gu0.zero_()
 
-    def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        return None if t is None else _as(t, dtype).contiguous()
-
+    opt = as_contiguous
     flags = C.mpe_flags(
         current_wiring,
         stochastic,
@@ -476,93 +236,25 @@ def _mpe_psn_backward(
     return gx, _as(gv.reshape(v_threshold.shape), v_threshold.dtype), guh0, gu0
 
 
-mpe_psn_backward = torch.library.custom_op(
-    "sj_parallel::mpe_psn_backward", mutates_args=()
-)(_mpe_psn_backward)
-
-
-@mpe_psn_backward.register_fake
-def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
-      current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind, sg_a, sg_c,
-      sg_d):  # fmt: skip
-    M = x.shape[1]
-    return (
-        torch.empty_like(x),
-        torch.empty_like(v_threshold),
-        x.new_empty(M, dtype=torch.float32),
-        x.new_empty(M, dtype=torch.float32),
-    )
-
-
-def _mpe_setup(ctx, inputs, output):
-    x, v, u_hat0, u0, *cfg = inputs
-    # outputs nobody differentiates get None, not zero-filled tensors: the kernel
-    # reads a null gradient as zero
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, v, u_hat0, u0)
-    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
-
-
-def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul, backward=mpe_psn_backward):
-    x, v, u_hat0, u0 = ctx.saved_tensors
-    forbid_double_backward("MPEPSN", "cupy", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
-    tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
-    gx, gv, guh0, gu0 = backward(
-        x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
-        tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
-    )  # fmt: skip
-    out: List[Optional[Tensor]] = [gx, gv, None, None]
-    if u_hat0 is not None and not current:
-        out[2] = guh0.to(u_hat0.dtype)
-    if u0 is not None and current and need_mse:
-        out[3] = gu0.to(u0.dtype)
-    return tuple(out) + (None,) * 11
-
-
-mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
-_MPE = _eager("MPEPSN", _mpe_psn_forward, _mpe_setup, _mpe_bwd, _mpe_psn_backward)
-
-
-def mpe_psn(
-    x: Tensor,
-    v_threshold: Tensor,
-    tau: float,
-    surrogate_function: Surrogate,
-    *,
-    estimate_from: str,
-    stochastic: bool,
-    seed: Tuple[int, int],
-    t0: int,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    need_mse: bool,
-    memory: str = "lean",
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MPE-PSN on CUDA ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`
-    (``memory`` is ignored: the kernels keep only ``X`` and regenerate the samples).
-
-    Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``.
-    """
-    x = _check(x, "MPEPSN")
-    T = x.shape[0]
-    if need_mse and T > C.MPE_MAX_T_MSE:
-        raise ValueError(
-            f"backend 'cupy' computes the MPE-PSN membrane loss for T <= "
-            f"{C.MPE_MAX_T_MSE}, got T={T}; use backend='torch'"
-        )
-    return _run(
-        mpe_psn_forward,
-        _MPE,
-        x,
-        v_threshold,
-        u_hat0,
-        u0,
-        float(tau),
-        estimate_from == "current",
-        bool(stochastic),
-        int(seed[0]) & 0xFFFFFFFF,
-        int(seed[1]) & 0xFFFFFFFF,
-        int(t0),
-        bool(need_mse),
-        *C.surrogate_params(surrogate_function),
-    )
+_OPS = build(
+    "cupy",
+    Impls(
+        _psn_forward,
+        _psn_backward,
+        _sliding_psn_forward,
+        _sliding_psn_backward,
+        _mpe_psn_forward,
+        _mpe_psn_backward,
+    ),
+    make_op=lambda name: torch.library.custom_op(name, mutates_args=()),
+    op_prefix="sj_parallel::",
+    register_fakes=True,
+    check=_check,
+    limits=Limits(C.PSN_MAX_T, C.SLIDING_MAX_K, C.MPE_MAX_T_MSE),
+    module=__name__,
+)
+psn_forward, psn_backward = _OPS.psn_forward, _OPS.psn_backward
+sliding_psn_forward = _OPS.sliding_psn_forward
+sliding_psn_backward = _OPS.sliding_psn_backward
+mpe_psn_forward, mpe_psn_backward = _OPS.mpe_psn_forward, _OPS.mpe_psn_backward
+psn, sliding_psn, mpe_psn = _OPS.psn, _OPS.sliding_psn, _OPS.mpe_psn

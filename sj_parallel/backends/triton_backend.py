@@ -22,7 +22,12 @@ Each kernel pair is a ``torch.library`` op with an autograd formula, so
   interpreter (it fails on the interpreter's CPU storages).
 
 The route is chosen when this module is imported (``SJP_TRITON_OP=1``/``0`` forces
-one). Grids depend only on the sizes and the device (its SM count), so the per-program
+one). Eager calls run the same launch code and autograd formulas through a
+``torch.autograd.Function`` (less host time than an op's Python dispatch); the ops,
+their fakes, formulas and the user-facing functions are shared with the cupy backend
+(:mod:`sj_parallel.backends._fused`).
+
+Grids depend only on the sizes and the device (its SM count), so the per-program
 partial sums, and the results, are bitwise reproducible on one device and software
 stack; nothing synchronises with the host, so the ops can be captured in CUDA graphs.
 """
@@ -31,17 +36,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from .. import triton as K
 from ..triton import common as _common
-from ._autograd import forbid_double_backward
-from ._surrogates import surrogate_params
-
-Surrogate = Callable[[Tensor], Tensor]
+from ._fused import Impls, Limits, as_contiguous, build
 
 #: Whether Triton's interpreter runs the kernels (``TRITON_INTERPRET=1`` at import).
 INTERPRETED = _common.INTERPRETED
@@ -64,17 +66,6 @@ def _op(name: str):
     if USE_TRITON_OP:
         return torch.library.triton_op(name, mutates_args=())
     return torch.library.custom_op(name, mutates_args=())
-
-
-def _fake(op):
-    """Register a fake implementation (the custom_op route; a triton_op is traced)."""
-
-    def register(fn):
-        if not USE_TRITON_OP:
-            op.register_fake(fn)
-        return fn
-
-    return register
 
 
 def _launch(kernel):
@@ -136,20 +127,9 @@ def _check(x: Tensor, name: str) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- PSN
-@_op("sj_parallel::triton_psn_forward")
-def psn_forward(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tensor:
+def _psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     s = torch.empty_like(x)
-    if M == 0:
-        return s
     ce, warps = K.launch_params("psn", False, T, precision=PRECISION)
     grid = (_cdiv(M, ce["BLOCK_M"]),)
     _launch(K.psn.psn_forward_kernel)[grid](
@@ -158,26 +138,9 @@ def psn_forward(
     return s
 
 
-@_fake(psn_forward)
-def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x)
-
-
-@_op("sj_parallel::triton_psn_backward")
-def psn_backward(
-    x: Tensor,
-    grad_s: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     gx = torch.empty_like(x)
-    if M == 0:
-        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     grad_s = grad_s.to(x.dtype).contiguous()
     w32, b32 = _f32(weight), _f32(bias)
     for part in K.backward_parts("psn", T):  # one kernel, or grad_X then grad_W
@@ -199,65 +162,11 @@ def psn_backward(
     return gx, gw, gb
 
 
-@_fake(psn_backward)
-def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-
-def _psn_setup(ctx, inputs, output):
-    x, weight, bias, *sg = inputs
-    ctx.save_for_backward(x, weight, bias)
-    ctx.sg = sg
-
-
-def _psn_bwd(ctx, grad_s):
-    x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("PSN/MaskedPSN", "triton", grad_s, x, weight, bias)
-    gx, gw, gb = psn_backward(x, grad_s, weight, bias, *ctx.sg)
-    return gx, gw, gb, None, None, None, None
-
-
-psn_forward.register_autograd(_psn_bwd, setup_context=_psn_setup)
-
-
-def psn(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    surrogate_function: Surrogate,
-    memory: str = "lean",
-) -> Tensor:
-    """Dense PSN (and masked PSN with its masked weight) on ``x`` ``[T, M]``.
-
-    ``memory`` is accepted for the torch backend's signature: the kernels always
-    keep only ``X`` and recompute ``H`` in backward."""
-    x = _check(x, "PSN")
-    T = x.shape[0]
-    if T > K.PSN_MAX_T:
-        raise ValueError(
-            f"backend 'triton' supports PSN/MaskedPSN with T <= {K.PSN_MAX_T}, got "
-            f"T={T}; use backend='torch'"
-        )
-    sg = surrogate_params(surrogate_function, "triton")
-    return psn_forward(x, weight, bias.reshape(T, 1), *sg)
-
-
 # --------------------------------------------------------------------- sliding PSN
-@_op("sj_parallel::triton_sliding_psn_forward")
-def sliding_psn_forward(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tensor:
+def _sliding_psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     k = weight.shape[0]
     s = torch.empty_like(x)
-    if M == 0 or T == 0:
-        return s
     ce, warps = K.launch_params("sliding", False, k, precision=PRECISION)
     grid = (_cdiv(M, ce["BLOCK_M"]),)
     _launch(K.sliding_psn.sliding_forward_kernel)[grid](
@@ -267,27 +176,10 @@ def sliding_psn_forward(
     return s
 
 
-@_fake(sliding_psn_forward)
-def _(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x)
-
-
-@_op("sj_parallel::triton_sliding_psn_backward")
-def sliding_psn_backward(
-    x: Tensor,
-    grad_s: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _sliding_psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     k = weight.shape[0]
     gx = torch.empty_like(x)
-    if M == 0 or T == 0:
-        return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     gs = grad_s.to(x.dtype).contiguous()
     w32, b32 = _f32(weight), _f32(bias).reshape(1)
     for p in K.backward_parts("sliding", k):  # one kernel, or grad_X then grad_w
@@ -306,41 +198,6 @@ def sliding_psn_backward(
     return gx, gw, gb
 
 
-@_fake(sliding_psn_backward)
-def _(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-
-def _sliding_bwd(ctx, grad_s):
-    x, weight, bias = ctx.saved_tensors
-    forbid_double_backward("SlidingPSN", "triton", grad_s, x, weight, bias)
-    gx, gw, gb = sliding_psn_backward(x, grad_s, weight, bias, *ctx.sg)
-    return gx, gw, gb, None, None, None, None
-
-
-sliding_psn_forward.register_autograd(_sliding_bwd, setup_context=_psn_setup)
-
-
-def sliding_psn(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    surrogate_function: Surrogate,
-    memory: str = "lean",
-) -> Tensor:
-    """Banded sliding PSN on ``x`` ``[T, M]``, any ``T``, ``k <= 32`` (``memory`` is
-    ignored: the kernels keep only ``X``)."""
-    x = _check(x, "SlidingPSN")
-    k = weight.shape[0]
-    if k > K.SLIDING_MAX_K:
-        raise ValueError(
-            f"backend 'triton' supports SlidingPSN with k <= {K.SLIDING_MAX_K}, got "
-            f"k={k}; use backend='cupy' (k <= 64) or backend='torch'"
-        )
-    sg = surrogate_params(surrogate_function, "triton")
-    return sliding_psn_forward(x, weight, bias, *sg)
-
-
 # ------------------------------------------------------------------------- MPE-PSN
 def _t0_words(t0: int) -> Tuple[int, int]:
     """The first step as two int32 words, ``t0 = hi 2^31 + lo``."""
@@ -349,32 +206,13 @@ def _t0_words(t0: int) -> Tuple[int, int]:
     return t0 >> 31, t0 & 0x7FFFFFFF
 
 
-@_op("sj_parallel::triton_mpe_psn_forward")
-def mpe_psn_forward(
-    x: Tensor,
-    v_threshold: Tensor,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    tau: float,
-    current_wiring: bool,
-    stochastic: bool,
-    seed_lo: int,
-    seed_hi: int,
-    t0: int,
-    need_mse: bool,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic,
+                     seed_lo, seed_hi, t0, need_mse, sg_kind, sg_a, sg_c,
+                     sg_d):  # fmt: skip
     T, M = x.shape
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
-    if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
-        uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
-        ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
-        return s, torch.zeros(T, dtype=torch.float32, device=x.device), uhl, ul
     ce, warps = K.launch_params("mpe", False, current=current_wiring)
     G = _cdiv(M, ce["BLOCK_M"])
     err = torch.empty(G if need_mse else 1, T, dtype=torch.float32, device=x.device)
@@ -394,49 +232,15 @@ def mpe_psn_forward(
     return s, mse, uhl, ul
 
 
-@_fake(mpe_psn_forward)
-def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed_hi,
-      t0, need_mse, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
-    T, M = x.shape
-    return (
-        torch.empty_like(x),
-        x.new_empty(T, dtype=torch.float32),
-        x.new_empty(M),
-        x.new_empty(M),
-    )
-
-
-@_op("sj_parallel::triton_mpe_psn_backward")
-def mpe_psn_backward(
-    x: Tensor,
-    v_threshold: Tensor,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    grad_s: Tensor,
-    grad_mse: Optional[Tensor],
-    grad_uhl: Optional[Tensor],
-    grad_ul: Optional[Tensor],
-    tau: float,
-    current_wiring: bool,
-    stochastic: bool,
-    seed_lo: int,
-    seed_hi: int,
-    t0: int,
-    sg_kind: int,
-    sg_a: float,
-    sg_c: float,
-    sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mpe_psn_backward(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
+                      grad_ul, tau, current_wiring, stochastic, seed_lo, seed_hi,
+                      t0, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
     T, M = x.shape
     gx = torch.empty_like(x)
     guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
     gu0 = torch.empty(M, dtype=torch.float32, device=x.device)
-    if T == 0 or M == 0:
-        return gx, torch.zeros_like(v_threshold), guh0.zero_(), gu0.zero_()
 
-    def opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        return None if t is None else t.to(dtype).contiguous()
-
+    opt = as_contiguous
     uh0, u0c = opt(u_hat0, x.dtype), opt(u0, x.dtype)
     guhl, gul = opt(grad_uhl, x.dtype), opt(grad_ul, x.dtype)
     # d mse_t / d e = 2 e / M, folded into the incoming gradient
@@ -449,7 +253,8 @@ def mpe_psn_backward(
     (gu0 if not current_wiring else guh0).zero_()
     _launch(K.mpe_psn.mpe_backward_kernel)[(G,)](
         x, x if uh0 is None else uh0, x if u0c is None else u0c,
-        grad_s.to(x.dtype).contiguous(), gv_part if gm is None else gm,
+        torch.zeros_like(x) if grad_s is None else grad_s.to(x.dtype).contiguous(),
+        gv_part if gm is None else gm,
         x if guhl is None else guhl, x if gul is None else gul, gx, guh0, gu0,
         gv_part, _f32(v_threshold).reshape(1), M, T, tau, _i32(seed_lo),
         _i32(seed_hi), t0_hi, t0_lo, sg_kind, sg_a, sg_c, sg_d, int(stochastic),
@@ -461,80 +266,25 @@ def mpe_psn_backward(
     return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0
 
 
-@_fake(mpe_psn_backward)
-def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
-      current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind, sg_a, sg_c,
-      sg_d):  # fmt: skip
-    M = x.shape[1]
-    return (
-        torch.empty_like(x),
-        torch.empty_like(v_threshold),
-        x.new_empty(M, dtype=torch.float32),
-        x.new_empty(M, dtype=torch.float32),
-    )
-
-
-def _mpe_setup(ctx, inputs, output):
-    x, v, u_hat0, u0, *cfg = inputs
-    ctx.save_for_backward(x, v, u_hat0, u0)
-    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
-
-
-def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul):
-    x, v, u_hat0, u0 = ctx.saved_tensors
-    forbid_double_backward(
-        "MPEPSN", "triton", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0
-    )
-    tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
-    if g_s is None:
-        g_s = torch.zeros_like(x)
-    gx, gv, guh0, gu0 = mpe_psn_backward(
-        x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
-        tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
-    )  # fmt: skip
-    out: List[Optional[Tensor]] = [gx, gv, None, None]
-    if u_hat0 is not None and not current:
-        out[2] = guh0.to(u_hat0.dtype)
-    if u0 is not None and current and need_mse:
-        out[3] = gu0.to(u0.dtype)
-    return tuple(out) + (None,) * 11
-
-
-mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
-
-
-def mpe_psn(
-    x: Tensor,
-    v_threshold: Tensor,
-    tau: float,
-    surrogate_function: Surrogate,
-    *,
-    estimate_from: str,
-    stochastic: bool,
-    seed: Tuple[int, int],
-    t0: int,
-    u_hat0: Optional[Tensor],
-    u0: Optional[Tensor],
-    need_mse: bool,
-    memory: str = "lean",
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MPE-PSN on ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`
-    (``memory`` is ignored: the kernels keep only ``X`` and regenerate the samples).
-
-    Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``.
-    """
-    x = _check(x, "MPEPSN")
-    return mpe_psn_forward(
-        x,
-        v_threshold,
-        u_hat0,
-        u0,
-        float(tau),
-        estimate_from == "current",
-        bool(stochastic),
-        int(seed[0]) & 0xFFFFFFFF,
-        int(seed[1]) & 0xFFFFFFFF,
-        int(t0),
-        bool(need_mse),
-        *surrogate_params(surrogate_function, "triton"),
-    )
+_OPS = build(
+    "triton",
+    Impls(
+        _psn_forward,
+        _psn_backward,
+        _sliding_psn_forward,
+        _sliding_psn_backward,
+        _mpe_psn_forward,
+        _mpe_psn_backward,
+    ),
+    make_op=_op,
+    op_prefix="sj_parallel::triton_",
+    register_fakes=not USE_TRITON_OP,  # a triton_op is traced through its kernels
+    check=_check,
+    limits=Limits(K.PSN_MAX_T, K.SLIDING_MAX_K),
+    module=__name__,
+)
+psn_forward, psn_backward = _OPS.psn_forward, _OPS.psn_backward
+sliding_psn_forward = _OPS.sliding_psn_forward
+sliding_psn_backward = _OPS.sliding_psn_backward
+mpe_psn_forward, mpe_psn_backward = _OPS.mpe_psn_forward, _OPS.mpe_psn_backward
+psn, sliding_psn, mpe_psn = _OPS.psn, _OPS.sliding_psn, _OPS.mpe_psn
