@@ -347,9 +347,10 @@ def _op_samples():
         "psn_backward": (x, g, W, b, *sg),
         "sliding_psn_forward": (x, w, bs, *sg),
         "sliding_psn_backward": (x, g, w, bs, *sg),
-        "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, 2, 1.0, 0.0, 0.0),
-        "mpe_psn_backward": (x, v, uh0, u0, g, torch.randn(T), torch.randn(M), None,
-                             *mpe, 2, 1.0, 0.0, 0.0),
+        "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, True, 2, 1.0, 0.0, 0.0),
+        "mpe_psn_backward": (x, torch.empty(0, M, dtype=torch.int32), v, uh0, u0, g,
+                             torch.randn(T), torch.randn(M), None, *mpe, 2, 1.0,
+                             0.0, 0.0),
     }  # fmt: skip
 
 

@@ -204,9 +204,10 @@ def test_opcheck_every_op():
         (tb.sliding_psn_forward, (x, w, bs) + sg),
         (tb.sliding_psn_backward, (x.detach(), g, w, bs) + sg),
         (tb.mpe_psn_forward,
-         (x, v, st, st, 0.25, False, True, 5, 6, 2, True, 2, 1.0, 0.0, 0.0)),
+         (x, v, st, st, 0.25, False, True, 5, 6, 2, True, True, 2, 1.0, 0.0, 0.0)),
         (tb.mpe_psn_backward,
-         (x.detach(), v, st, st, g, torch.randn(T, device=d), st, st, 0.25, True,
+         (x.detach(), torch.empty(0, x.shape[1], dtype=torch.int32, device=d), v, st,
+          st, g, torch.randn(T, device=d), st, st, 0.25, True,
           True, 5, 6, 2, 2, 1.0, 0.0, 0.0)),
     ]  # fmt: skip
     for op, args in cases:

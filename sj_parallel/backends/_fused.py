@@ -23,12 +23,17 @@ The op schemas (every fused backend's ops take the same arguments):
   -> spikes`` and ``psn_backward(x, grad_s, weight, bias, sg...) -> (grad_x,
   grad_weight, grad_bias)``; the sliding PSN's take ``weight [k]``, ``bias []``;
 * ``mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic,
-  seed_lo, seed_hi, t0, need_mse, sg...) -> (spikes, mse [T] float32, u_hat_last [M],
-  u_last [M])`` and ``mpe_psn_backward(x, v_threshold, u_hat0, u0, grad_s, grad_mse,
-  grad_uhl, grad_ul, tau, current_wiring, stochastic, seed_lo, seed_hi, t0, sg...)
-  -> (grad_x, grad_v_threshold, grad_u_hat0 [M] float32, grad_u0 [M] float32)``;
-  gradients of outputs nobody differentiates arrive as ``None`` (the kernels read a
-  null gradient as zero).
+  seed_lo, seed_hi, t0, need_mse, keep_samples, sg...) -> (spikes, mse [T] float32,
+  u_hat_last [M], u_last [M], samples [R, M] int32)`` and ``mpe_psn_backward(x,
+  samples, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
+  current_wiring, stochastic, seed_lo, seed_hi, t0, sg...) -> (grad_x,
+  grad_v_threshold, grad_u_hat0 [M] float32, grad_u0 [M] float32)``; ``samples`` are
+  the forward's Bernoulli draws for the backward, bit ``t % 32`` of word ``t // 32``
+  of a column (:func:`sample_rows` rows: none unless the backend keeps them, the
+  draws are stochastic and ``keep_samples``, i.e. a backward will run); a backend
+  that keeps none regenerates them from the counter hash. Gradients of outputs
+  nobody differentiates arrive as ``None`` (the kernels read a null gradient as
+  zero).
 """
 
 from __future__ import annotations
@@ -76,10 +81,17 @@ def as_contiguous(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return (t if t.dtype == dtype else t.to(dtype)).contiguous()
 
 
+def sample_rows(T: int, keep: bool) -> int:
+    """Rows of MPE-PSN's kept sample words for ``T`` steps: ``ceil(T / 32)`` (bit
+    ``t % 32`` of word ``t // 32``), 0 where none are kept."""
+    return (T + 31) // 32 if keep else 0
+
+
 # ------------------------------------------------------------------------ schemas
-def _schemas(impls: Impls) -> Impls:
+def _schemas(impls: Impls, keeps: bool) -> Impls:
     """The ops' functions: the typed signatures the op schemas are read from, and
-    the empty inputs that launch nothing, around the backend's implementations."""
+    the empty inputs that launch nothing, around the backend's implementations
+    (``keeps``: whether its MPE-PSN forward keeps its samples for the backward)."""
 
     psn_forward, psn_backward = _psn_pair(
         impls.psn_forward, impls.psn_backward, lambda x: x.shape[1] == 0
@@ -100,12 +112,14 @@ def _schemas(impls: Impls) -> Impls:
         seed_hi: int,
         t0: int,
         need_mse: bool,
+        keep_samples: bool,
         sg_kind: int,
         sg_a: float,
         sg_c: float,
         sg_d: float,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         T, M = x.shape
+        rows = sample_rows(T, keeps and keep_samples and stochastic)
         if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
             uhl = u_hat0 if u_hat0 is not None and T == 0 else x.new_zeros(M)
             ul = u0 if u0 is not None and T == 0 else x.new_zeros(M)
@@ -114,14 +128,16 @@ def _schemas(impls: Impls) -> Impls:
                 x.new_zeros(T, dtype=torch.float32),
                 uhl.to(x.dtype, copy=True),
                 ul.to(x.dtype, copy=True),
+                x.new_zeros(rows, M, dtype=torch.int32),
             )
         return impls.mpe_psn_forward(
             x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo,
-            seed_hi, t0, need_mse, sg_kind, sg_a, sg_c, sg_d,
+            seed_hi, t0, need_mse, rows, sg_kind, sg_a, sg_c, sg_d,
         )  # fmt: skip
 
     def mpe_psn_backward(
         x: Tensor,
+        samples: Tensor,
         v_threshold: Tensor,
         u_hat0: Optional[Tensor],
         u0: Optional[Tensor],
@@ -149,9 +165,9 @@ def _schemas(impls: Impls) -> Impls:
                 x.new_zeros(M, dtype=torch.float32),
             )
         return impls.mpe_psn_backward(
-            x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
-            current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind, sg_a, sg_c,
-            sg_d,
+            x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
+            grad_ul, tau, current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind,
+            sg_a, sg_c, sg_d,
         )  # fmt: skip
 
     return Impls(psn_forward, psn_backward, sliding_psn_forward,
@@ -198,20 +214,26 @@ def _no_grads(x: Tensor, weight: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor, 
 
 
 # ------------------------------------------------------------ fake implementations
-def _fake(op: str) -> Callable:
-    """The fake implementation of op ``op``: outputs of the right shapes and dtypes."""
+def _fake(op: str, keeps: bool) -> Callable:
+    """The fake implementation of op ``op``: outputs of the right shapes and dtypes
+    (``keeps``: as in :func:`_schemas`)."""
     if op in ("psn_forward", "sliding_psn_forward"):
         return lambda x, *args: torch.empty_like(x)
     if op in ("psn_backward", "sliding_psn_backward"):
         return lambda x, grad_s, weight, bias, *sg: _no_grads(x, weight, bias)
     if op == "mpe_psn_forward":
-        return lambda x, *args: (
+        return lambda x, v, uh0, u0, tau, cur, stochastic, lo, hi, t0, mse, keep, *sg: (
             torch.empty_like(x),
             x.new_empty(x.shape[0], dtype=torch.float32),
             x.new_empty(x.shape[1]),
             x.new_empty(x.shape[1]),
+            x.new_empty(
+                sample_rows(x.shape[0], keeps and keep and stochastic),
+                x.shape[1],
+                dtype=torch.int32,
+            ),
         )
-    return lambda x, v_threshold, *args: (
+    return lambda x, samples, v_threshold, *args: (
         torch.empty_like(x),
         torch.empty_like(v_threshold),
         x.new_empty(x.shape[1], dtype=torch.float32),
@@ -244,27 +266,28 @@ def _mpe_setup(ctx, inputs, output):
     # outputs nobody differentiates get None, not zero-filled tensors: the kernels
     # read a null gradient as zero
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, v, u_hat0, u0)
-    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
+    # the forward's samples (1 bit per element; [0, M] where none are kept)
+    ctx.save_for_backward(x, v, u_hat0, u0, output[4])
+    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, keep, sg
 
 
 def _mpe_grads(backend: str) -> Callable:
-    def grads(ctx, g_s, g_mse, g_uhl, g_ul, backward):
-        x, v, u_hat0, u0 = ctx.saved_tensors
+    def grads(ctx, g_s, g_mse, g_uhl, g_ul, g_samples, backward):
+        x, v, u_hat0, u0, samples = ctx.saved_tensors
         forbid_double_backward(
             NAMES["mpe"], backend, g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0
         )
-        tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
+        tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, _, *sg = ctx.cfg
         gx, gv, guh0, gu0 = backward(
-            x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
-            tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
+            x, samples, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl,
+            g_ul, tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
         )  # fmt: skip
         out: List[Optional[Tensor]] = [gx, gv, None, None]
         if u_hat0 is not None and not current:
             out[2] = guh0.to(u_hat0.dtype)
         if u0 is not None and current and need_mse:
             out[3] = gu0.to(u0.dtype)
-        return tuple(out) + (None,) * 11
+        return tuple(out) + (None,) * 12
 
     return grads
 
@@ -306,6 +329,7 @@ def build(
     check: Callable[[Tensor, str], Tensor],
     limits: Limits,
     module: str,
+    keeps_samples: bool = False,
 ) -> SimpleNamespace:
     """The ops, eager Functions and user-facing functions of a fused backend.
 
@@ -320,16 +344,19 @@ def build(
         inputs the kernels cannot take
     :param limits: the largest ``T`` / ``k`` the kernels take
     :param module: the backend's module, where the user-facing functions belong
+    :param keeps_samples: its MPE-PSN forward keeps the Bernoulli samples for the
+        backward (:func:`sample_rows` rows of sample words), which then reads them
+        instead of regenerating them
     :returns: a namespace with the ops (``psn_forward``, ``psn_backward``, ...), the
         eager Functions (``PSN``, ``SlidingPSN``, ``MPEPSN``) and the functions
         ``psn``, ``sliding_psn``, ``mpe_psn``
     """
     ns = SimpleNamespace()
-    impls = _schemas(impls)
+    impls = _schemas(impls, keeps_samples)
     for field in Impls._fields:
         op = make_op(op_prefix + field)(getattr(impls, field))
         if register_fakes:
-            op.register_fake(_fake(field))
+            op.register_fake(_fake(field, keeps_samples))
         setattr(ns, field, op)
 
     psn_grads = _psn_grads(NAMES["psn"], backend)
@@ -404,6 +431,10 @@ def build(
                 f"backend {backend!r} computes the MPE-PSN membrane loss for T <= "
                 f"{limits.mpe_t_mse}, got T={T}; use backend='torch'"
             )
+        # the samples are kept (by a backend that keeps them) when a graph is built
+        keep = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, v_threshold, u_hat0, u0)
+        )
         return _run(
             ns.mpe_psn_forward,
             ns.MPEPSN,
@@ -418,8 +449,9 @@ def build(
             int(seed[1]) & 0xFFFFFFFF,
             int(t0),
             bool(need_mse),
+            keep,
             *surrogate_params(surrogate_function, backend),
-        )
+        )[:4]
 
     psn.__doc__ = f"""Dense PSN (and masked PSN with its masked weight) on ``x``
     ``[T, M]``, ``T <= {limits.psn_t}``, with backend {backend!r}.
@@ -430,8 +462,8 @@ def build(
     ``k <= {limits.sliding_k}``, with backend {backend!r} (``memory`` is ignored: the
     kernels keep only ``X``)."""
     mpe_psn.__doc__ = f"""MPE-PSN on ``x`` ``[T, M]`` with backend {backend!r}; see
-    :func:`sj_parallel.reference.mpe_psn` (``memory`` is ignored: the kernels keep
-    only ``X`` and regenerate the samples).
+    :func:`sj_parallel.reference.mpe_psn` (``memory`` is ignored: backward keeps
+    ``X`` and the samples as bits or regenerates them, see :func:`sample_rows`).
 
     Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``."""
     for name, fn in (("psn", psn), ("sliding_psn", sliding_psn), ("mpe_psn", mpe_psn)):

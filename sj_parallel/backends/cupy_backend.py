@@ -154,8 +154,8 @@ def _sliding_psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
 
 # ------------------------------------------------------------------------- MPE-PSN
 def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic,
-                     seed_lo, seed_hi, t0, need_mse, sg_kind, sg_a, sg_c,
-                     sg_d):  # fmt: skip
+                     seed_lo, seed_hi, t0, need_mse, sample_rows, sg_kind, sg_a,
+                     sg_c, sg_d):  # fmt: skip
     T, M = x.shape
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
@@ -186,10 +186,11 @@ def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic
     # mse = the per-step sums over the neurons / M (0 without need_mse), in a fixed
     # order inside the launch
     C.launch(kern, grid, block, args, x.device, smem)
-    return s, mse, uhl, ul
+    # this backend keeps no samples (sample_rows is 0): the backward regenerates them
+    return s, mse, uhl, ul, x.new_empty(sample_rows, M, dtype=torch.int32)
 
 
-def _mpe_psn_backward(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
+def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
                       grad_ul, tau, current_wiring, stochastic, seed_lo, seed_hi,
                       t0, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
     T, M = x.shape
