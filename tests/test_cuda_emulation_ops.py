@@ -342,14 +342,15 @@ def _op_samples():
     v, uh0, u0 = torch.tensor([0.9]), torch.randn(M), torch.randn(M)
     sg = (0, 2.0, 0.0, 0.0)
     mpe = (0.25, False, True, 5, 6, 2)
+    bits = torch.randint(-(2**31), 2**31 - 1, ((T + 31) // 32, M), dtype=torch.int32)
     return {
         "psn_forward": (x, W, b, *sg),
         "psn_backward": (x, g, W, b, *sg),
         "sliding_psn_forward": (x, w, bs, *sg),
         "sliding_psn_backward": (x, g, w, bs, *sg),
-        "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, 2, 1.0, 0.0, 0.0),
-        "mpe_psn_backward": (x, v, uh0, u0, g, torch.randn(T), torch.randn(M), None,
-                             *mpe, 2, 1.0, 0.0, 0.0),
+        "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, True, 2, 1.0, 0.0, 0.0),
+        "mpe_psn_backward": (x, bits, v, uh0, u0, g, torch.randn(T), torch.randn(M),
+                             None, *mpe[:3], mpe[5], 2, 1.0, 0.0, 0.0),
     }  # fmt: skip
 
 

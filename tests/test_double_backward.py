@@ -377,7 +377,7 @@ def test_cupy_backward_forbids_second_derivatives():
         "PSN": lambda: cb.psn_forward(x, W, b, *sg_args),
         "SlidingPSN": lambda: cb.sliding_psn_forward(x, w, b0, *sg_args),
         "MPEPSN": lambda: cb.mpe_psn_forward(
-            x, v, None, None, 0.25, False, True, 1, 2, 0, True, *sg_args
+            x, v, None, None, 0.25, False, True, 1, 2, 0, True, True, *sg_args
         )[0],
     }
     for name, make in cases.items():

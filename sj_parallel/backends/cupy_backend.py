@@ -349,21 +349,27 @@ def _mpe_psn_forward(
     seed_hi: int,
     t0: int,
     need_mse: bool,
+    keep_samples: bool,
     sg_kind: int,
     sg_a: float,
     sg_c: float,
     sg_d: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, M = x.shape
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
     mse = torch.empty(T, dtype=torch.float32, device=x.device)
+    # the draws for the backward, bit t % 32 of word t // 32 ([0, M]: none kept)
+    samples = x.new_empty(_sample_words(T, keep_samples and stochastic), M,
+                          dtype=torch.int32)  # fmt: skip
     if T == 0 or M == 0:  # nothing to run (an empty layer has no estimation error)
         uhl.copy_(u_hat0 if u_hat0 is not None and T == 0 else torch.zeros_like(uhl))
         ul.copy_(u0 if u0 is not None and T == 0 else torch.zeros_like(ul))
-        return s, mse.zero_(), uhl, ul
-    flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
+        return s, mse.zero_(), uhl, ul, samples
+    flags = C.mpe_flags(
+        current_wiring, stochastic, need_mse, sg_kind, keep=samples.numel() > 0
+    )
     kern, grid, block, smem = _prepare("mpe", "sjp_mpe_forward", x, M, None, flags, T)
     if not need_mse:
         smem = 0
@@ -374,6 +380,7 @@ def _mpe_psn_forward(
         s,
         uhl,
         ul,
+        samples if samples.numel() else None,
         mse,
         _work(grid, T, x) if need_mse else None,
         C.COUNTERS if need_mse else None,
@@ -388,7 +395,12 @@ def _mpe_psn_forward(
     # mse = the per-step sums over the neurons / M (0 without need_mse), in a fixed
     # order inside the launch
     C.launch(kern, grid, block, args, x.device, smem)
-    return s, mse, uhl, ul
+    return s, mse, uhl, ul, samples
+
+
+def _sample_words(T: int, keep: bool) -> int:
+    """Rows of the forward's sample words: ``ceil(T / 32)``, 0 when none are kept."""
+    return (T + 31) // 32 if keep else 0
 
 
 mpe_psn_forward = torch.library.custom_op(
@@ -398,18 +410,22 @@ mpe_psn_forward = torch.library.custom_op(
 
 @mpe_psn_forward.register_fake
 def _(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic, seed_lo, seed_hi,
-      t0, need_mse, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
+      t0, need_mse, keep_samples, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
     T, M = x.shape
     return (
         torch.empty_like(x),
         x.new_empty(T, dtype=torch.float32),
         x.new_empty(M),
         x.new_empty(M),
+        x.new_empty(
+            _sample_words(T, keep_samples and stochastic), M, dtype=torch.int32
+        ),
     )
 
 
 def _mpe_psn_backward(
     x: Tensor,
+    samples: Tensor,
     v_threshold: Tensor,
     u_hat0: Optional[Tensor],
     u0: Optional[Tensor],
@@ -420,14 +436,14 @@ def _mpe_psn_backward(
     tau: float,
     current_wiring: bool,
     stochastic: bool,
-    seed_lo: int,
-    seed_hi: int,
     t0: int,
     sg_kind: int,
     sg_a: float,
     sg_c: float,
     sg_d: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients from ``x``, the forward's ``samples`` (stochastic; they replace
+    the hash) and the incoming state."""
     T, M = x.shape
     gx = torch.empty_like(x)
     guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
@@ -445,10 +461,13 @@ def _mpe_psn_backward(
         sg_kind,
         wide=C.mpe_backward_wide(T, M),
     )
-    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_backward", x, M, None, flags)
+    kern, grid, block, smem = _prepare(
+        "mpe", "sjp_mpe_backward", x, M, None, flags, T if grad_mse is not None else 0
+    )
     gv = torch.empty(1, dtype=torch.float32, device=x.device)
     args = (
         x,
+        samples if stochastic else None,
         opt(u_hat0, x.dtype),
         opt(u0, x.dtype),
         opt(grad_s, x.dtype),  # None: the spikes' gradient is zero
@@ -465,8 +484,6 @@ def _mpe_psn_backward(
         np.int64(M),
         np.int32(T),
         np.float32(tau),
-        np.uint32(seed_lo),
-        np.uint32(seed_hi),
         np.int64(t0),
         np.float32(sg_a),
         np.float32(sg_c),
@@ -482,9 +499,8 @@ mpe_psn_backward = torch.library.custom_op(
 
 
 @mpe_psn_backward.register_fake
-def _(x, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
-      current_wiring, stochastic, seed_lo, seed_hi, t0, sg_kind, sg_a, sg_c,
-      sg_d):  # fmt: skip
+def _(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl, grad_ul, tau,
+      current_wiring, stochastic, t0, sg_kind, sg_a, sg_c, sg_d):  # fmt: skip
     M = x.shape[1]
     return (
         torch.empty_like(x),
@@ -499,24 +515,25 @@ def _mpe_setup(ctx, inputs, output):
     # outputs nobody differentiates get None, not zero-filled tensors: the kernel
     # reads a null gradient as zero
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, v, u_hat0, u0)
-    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, sg...
+    # the samples (1 bit per element) spare the backward the hash and the sigmoid
+    ctx.save_for_backward(x, v, u_hat0, u0, output[4])
+    ctx.cfg = cfg  # tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, keep, sg
 
 
-def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul, backward=mpe_psn_backward):
-    x, v, u_hat0, u0 = ctx.saved_tensors
+def _mpe_bwd(ctx, g_s, g_mse, g_uhl, g_ul, g_samples, backward=mpe_psn_backward):
+    x, v, u_hat0, u0, samples = ctx.saved_tensors
     forbid_double_backward("MPEPSN", "cupy", g_s, g_mse, g_uhl, g_ul, x, v, u_hat0, u0)
-    tau, current, stochastic, seed_lo, seed_hi, t0, need_mse, *sg = ctx.cfg
+    tau, current, stochastic, _, _, t0, need_mse, _, *sg = ctx.cfg
     gx, gv, guh0, gu0 = backward(
-        x, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
-        tau, current, stochastic, seed_lo, seed_hi, t0, *sg,
+        x, samples, v, u_hat0, u0, g_s, g_mse if need_mse else None, g_uhl, g_ul,
+        tau, current, stochastic, t0, *sg,
     )  # fmt: skip
     out: List[Optional[Tensor]] = [gx, gv, None, None]
     if u_hat0 is not None and not current:
         out[2] = guh0.to(u_hat0.dtype)
     if u0 is not None and current and need_mse:
         out[3] = gu0.to(u0.dtype)
-    return tuple(out) + (None,) * 11
+    return tuple(out) + (None,) * 12
 
 
 mpe_psn_forward.register_autograd(_mpe_bwd, setup_context=_mpe_setup)
@@ -539,7 +556,8 @@ def mpe_psn(
     memory: str = "lean",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """MPE-PSN on CUDA ``x`` ``[T, M]``; see :func:`sj_parallel.reference.mpe_psn`
-    (``memory`` is ignored: the kernels keep only ``X`` and regenerate the samples).
+    (``memory`` is ignored: the kernels keep ``X`` and, when a backward will run and
+    the estimate is sampled, the samples as 1 bit per element).
 
     Returns ``(spikes, mse [T] float32, u_hat_last [M], u_last [M])``.
     """
@@ -550,6 +568,10 @@ def mpe_psn(
             f"backend 'cupy' computes the MPE-PSN membrane loss for T <= "
             f"{C.MPE_MAX_T_MSE}, got T={T}; use backend='torch'"
         )
+    # the backward reads the forward's samples: kept when a graph is being built
+    keep = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, v_threshold, u_hat0, u0)
+    )
     return _run(
         mpe_psn_forward,
         _MPE,
@@ -564,5 +586,6 @@ def mpe_psn(
         int(seed[1]) & 0xFFFFFFFF,
         int(t0),
         bool(need_mse),
+        keep,
         *C.surrogate_params(surrogate_function),
-    )
+    )[:4]
