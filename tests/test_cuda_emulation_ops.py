@@ -18,6 +18,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 
 import sj_parallel.backends.cupy_backend as cb
+from sj_parallel import reference as ref
 from sj_parallel.backends import _cuda as C
 from sj_parallel.backends import torch_backend as tb
 
@@ -175,6 +176,36 @@ def test_emulated_mpe_without_loss_and_spike_grads(gpu):
             got = (xr.grad, vr.grad)
         else:
             _compare(got, (xr.grad, vr.grad), 1e-4, "mpe loss-only grads")
+
+
+def test_emulated_mpe_keeps_samples_only_for_training(gpu):
+    """The training forward keeps its draws, 1 bit per element, bit t % 32 of word
+    t // 32 ([ceil(T / 32), M] int32); inference keeps nothing (a [0, M] tensor, the
+    build without SJP_MPE_KEEP) and gives the same outputs, bitwise."""
+    torch.manual_seed(4)
+    T, M = 37, 20  # two words, the second partial
+    x, v = torch.randn(T, M) * 2, torch.tensor([0.9])
+    sg = (2, 1.0, 0.0, 0.0)
+    cfg = (0.25, False, True, 7, 8, 0, True)
+    train = cb.mpe_psn_forward(x, v, None, None, *cfg, True, *sg)
+    infer = cb.mpe_psn_forward(x, v, None, None, *cfg, False, *sg)
+    assert infer[4].shape == (0, M) and train[4].shape == (2, M)
+    for a, b in zip(train[:4], infer[:4]):
+        assert torch.equal(a, b)
+    b = ref.mpe_bernoulli_mask(x, (7, 8), 0).to(torch.int64)
+    words = train[4].to(torch.int64) & 0xFFFFFFFF
+    for t in range(T):
+        assert torch.equal((words[t // 32] >> (t % 32)) & 1, b[t]), t
+    assert not (words[1] >> (T - 32)).any()  # bits past step T - 1 are zero
+    # the module-level op: the same spikes with and without a graph
+    kw = dict(estimate_from="previous", stochastic=True, seed=(7, 8), t0=0)
+    kw.update(u_hat0=None, u0=None, need_mse=True)
+    with torch.no_grad():
+        s_inf = cb.mpe_psn(x, v, 0.25, surrogate.PiecewiseQuadratic(), **kw)[0]
+    s_tr = cb.mpe_psn(
+        x.requires_grad_(), v, 0.25, surrogate.PiecewiseQuadratic(), **kw
+    )[0]
+    assert torch.equal(s_inf, s_tr.detach())
 
 
 def _aten_ops_during(fn) -> set:
