@@ -177,20 +177,24 @@ KNOWN_MISSES = {
     ("sliding_psn", "backward", "bfloat16", 8): "issue-bound (63 instr/elt, H200 44%)",
     ("sliding_psn", "backward", "bfloat16", 16): "latency: " + _SLIDING_LANES,
     ("sliding_psn", "backward", "bfloat16", 64): "latency: " + _SLIDING_LANES,
-    # MPE-PSN: the hash (about 15 integer instructions), sigmoid, surrogate and
-    # carried gradients of each element (~160 instructions backward): issue-bound at
-    # 44-53% (float32) even with every load hidden; the backward's chunked loads are
-    # sunk by ptxas at its 64-register cap
+    # MPE-PSN: the hash (about 15 integer instructions), sigmoid and state update of
+    # each element in the forward; bfloat16 moves 4-6 bytes per element, too few for
+    # that work. The backward reads the forward's samples (no hash, no sigmoid: ~45
+    # instructions per element): float32 meets the target, bfloat16 is issue-bound on
+    # H200. The training forward also writes the samples (1 bit per element: ~5 more
+    # instructions per element and 64 registers)
     ("mpe_psn", "forward", "bfloat16", "previous"): "issue-bound (54 instr/elt)",
     ("mpe_psn", "forward", "bfloat16", "current"): "issue-bound (56 instr/elt)",
-    ("mpe_psn", "backward", "float32", "previous"): "latency, then issue (163 "
-    "instr/elt: 49% without the latency bound)",
-    ("mpe_psn", "backward", "float32", "current"): "latency, then issue (179 "
-    "instr/elt: 44% without the latency bound)",
-    ("mpe_psn", "backward", "bfloat16", "previous"): "latency, then issue (167 "
+    ("mpe_psn", "forward", "bfloat16", "previous, training"): "issue-bound (58 "
     "instr/elt)",
-    ("mpe_psn", "backward", "bfloat16", "current"): "latency, then issue (183 "
+    ("mpe_psn", "forward", "bfloat16", "current, training"): "issue-bound (63 "
     "instr/elt)",
+    ("mpe_psn", "forward", "float32", "current, training"): "issue-bound (59 "
+    "instr/elt, H200 68%)",
+    ("mpe_psn", "backward", "bfloat16", "previous"): "issue-bound (44 instr/elt, "
+    "H200 66%)",
+    ("mpe_psn", "backward", "bfloat16", "current"): "issue-bound (45 instr/elt, "
+    "H200 64%)",
 }
 
 
@@ -200,8 +204,20 @@ def miss_key(rec: dict) -> Tuple[str, str, str, object]:
     name = Path(rec["file"]).stem
     if name == "mpe_psn":
         current = dict((k, v) for k, v in rec["flags"]).get("SJP_MPE_CURRENT", 0)
-        return (name, rec["pass"], rec["dtype"], "current" if current else "previous")
+        wiring = "current" if current else "previous"
+        training = ", training" if _mpe_keeps(rec["flags"]) else ""
+        return (
+            name,
+            rec.get("pass", rec.get("pass_")),
+            rec["dtype"],
+            wiring + training,
+        )
     return (name, rec["pass"], rec["dtype"], rec["const"])
+
+
+def _mpe_keeps(flags) -> bool:
+    """Whether an MPE-PSN build's forward keeps its samples (the training forward)."""
+    return bool(dict((k, v) for k, v in flags).get("SJP_MPE_KEEP", 0))
 
 
 # SASS opcodes by pipe (the opcode before the first '.')
@@ -221,7 +237,13 @@ def variants(full: bool) -> List[C.KernelVariant]:
     for d in (torch.float32, torch.float16, torch.bfloat16):
         out += [C.KernelVariant("psn", d, t, C.psn_flags(0)) for t in ts]
         out += [C.KernelVariant("sliding", d, k, C.sg_flags(0)) for k in ks]
+        # MPE-PSN: the inference forward and the backward, then the training forward
+        # (it keeps the samples for the backward)
         out += [C.KernelVariant("mpe", d, None, C.mpe_flags(current=c)) for c in (0, 1)]
+        out += [
+            C.KernelVariant("mpe", d, None, C.mpe_flags(current=c, keep=True))
+            for c in (0, 1)
+        ]
     return out
 
 
@@ -397,8 +419,11 @@ def loop_plan(v: C.KernelVariant, kernel: str, T: int) -> Tuple[float, List[floa
         s = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
         return T / s, [math.ceil(T / 8)]
     if kernel == "sjp_mpe_backward":
-        # chunks of SJP_MPE_BCHUNK (4) steps, their loads issued together
-        return float(T), [math.ceil(T / 4)]
+        # the top T % CH steps one at a time, then whole chunks of CH steps
+        # (SJP_MPE_BCHUNK: 4 in float32, 8 in half types) whose loads are issued
+        # together
+        ch = 4 if v.dtype == torch.float32 else 8
+        return float(T), [T % ch, T // ch]
     # forward: whole chunks of SJP_MPE_CHUNK (8) steps, then the last T % 8 steps
     return float(T), [T // 8, T % 8]
 
@@ -626,14 +651,17 @@ def _launch(lib, v, kernel, T, M, block, smem):
                        smem=smem)  # fmt: skip
     else:
         v_th = torch.tensor([0.8])
-        if kernel == "sjp_mpe_forward":
-            lib.launch(kernel, 1, block, x, None, None, torch_empty(T, M),
-                       torch_empty(M), torch_empty(M), torch.empty(T), *_reduce(T),
-                       v_th, M, T, 0.25, 1, 2, 0, smem=smem)  # fmt: skip
-        else:
-            lib.launch(kernel, 1, block, x, None, None, g, torch.ones(T), None, None,
-                       torch_empty(T, M), None, None, torch.empty(1), *_reduce(1),
-                       v_th, M, T, 0.25, 1, 2, 0, 1.0, 0.0, 0.0,
+        # the training forward keeps its samples, which the backward reads
+        samples = torch_empty((T + 31) // 32, M, dtype=torch.int32)
+        fwd_smem = C.launch_config(v.name, "sjp_mpe_forward", None, T)[2]
+        lib.launch("sjp_mpe_forward", 1, block, x, None, None, torch_empty(T, M),
+                   torch_empty(M), torch_empty(M), samples, torch.empty(T),
+                   *_reduce(T), v_th, M, T, 0.25, 1, 2, 0, smem=fwd_smem)  # fmt: skip
+        if kernel == "sjp_mpe_backward":
+            lib.reset_stats()  # count the backward only
+            lib.launch(kernel, 1, block, x, samples, None, None, g, torch.ones(T),
+                       None, None, torch_empty(T, M), None, None, torch.empty(1),
+                       *_reduce(1), v_th, M, T, 0.25, 0, 1.0, 0.0, 0.0,
                        smem=smem)  # fmt: skip
 
 
@@ -740,6 +768,8 @@ def model(full: bool, archs=(90, 80), files=None) -> List[Record]:
             continue
         for kernel in C.KERNELS[v.name]:
             pass_ = "forward" if kernel.endswith("forward") else "backward"
+            if pass_ == "backward" and _mpe_keeps(v.flags):
+                continue  # the same backward as without the switch
             meas = measure(v, kernel)
             T = meas.pop("T")
             block, cols, dyn = C.launch_config(v.name, kernel, v.const, T, v.dtype)
@@ -830,7 +860,7 @@ def table(records: List[Record], arch: str = "sm_90") -> str:
             continue
         label = r.kernel.replace("sjp_", "")
         if r.file.endswith("mpe_psn.cu"):
-            label += " (current)" if r.flags[0][1] else " (previous)"
+            label += f" ({miss_key(asdict(r))[3]})"
         sj = f" ({r.sj_bytes_per_elt:.0f})" if r.sj_bytes_per_elt else ""
         tk = r.const if r.const is not None else r.T_modelled
         lines.append(

@@ -196,9 +196,32 @@ def test_emulated_sliding_forward_backward(dtype, T, k, M):
 
 
 # ------------------------------------------------------------------------- MPE
-def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=False):
+def _poisoned_samples(T: int, M: int) -> torch.Tensor:
+    """The forward's sample words ``[ceil(T / 32), M]``, filled with a pattern the
+    kernel must overwrite."""
+    return torch.full(((T + 31) // 32, M), 0x5A5A5A5A, dtype=torch.int32)
+
+
+def _samples_match(samples: torch.Tensor, b: torch.Tensor, what) -> None:
+    """The kernel's words are the draws ``b`` ``[T, M]``: bit t % 32 of word t // 32,
+    the last word's bits past step T - 1 zero."""
+    T, M = b.shape
+    w = torch.zeros((T + 31) // 32, M, dtype=torch.int64)
+    for t in range(T):
+        w[t // 32] |= b[t].to(torch.int64) << (t % 32)
+    expect = torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+    assert torch.equal(samples, expect), f"{what}: samples"
+
+
+def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=False,
+              inference=False):  # fmt: skip
+    """Forward (the training build, which keeps the samples when stochastic) and
+    backward against the float64 reference; ``inference``: also the forward's build
+    without the samples, which must give the same bits."""
     kind, *sgp = C.surrogate_params(sg)
-    flags = C.mpe_flags(wiring == "current", stochastic, need_mse, kind, wide=wide)
+    flags = C.mpe_flags(
+        wiring == "current", stochastic, need_mse, kind, wide=wide, keep=stochastic
+    )
     lib = H.load("mpe", dtype, None, flags)
     torch.manual_seed(T * 7 + M + t0)
     x = (torch.randn(T, M) * 1.5).to(dtype)
@@ -213,13 +236,25 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
     uhl = H.poisoned((M,), dtype)
     ul = H.poisoned((M,), dtype)
     (mse,), work, counters = reduce_args(grid, T, [(T,)])
+    samples = _poisoned_samples(T, M) if stochastic else None
     block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
     lib.launch(
-        "sjp_mpe_forward", grid, block, x, uh0, u0, s, uhl, ul, mse,
+        "sjp_mpe_forward", grid, block, x, uh0, u0, s, uhl, ul, samples, mse,
         work if need_mse else None, counters if need_mse else None, v, M, T, tau,
         seed[0], seed[1], t0, smem=smem,
     )  # fmt: skip
     assert not counters.any()
+    if inference:  # the build without the samples: the same outputs, bitwise
+        flags = C.mpe_flags(wiring == "current", stochastic, need_mse, kind, wide=wide)
+        outs = [H.poisoned(t.shape, t.dtype) for t in (s, uhl, ul)]
+        (mse2,), work, counters = reduce_args(grid, T, [(T,)])
+        H.load("mpe", dtype, None, flags).launch(
+            "sjp_mpe_forward", grid, block, x, uh0, u0, *outs, None, mse2,
+            work if need_mse else None, counters if need_mse else None, v, M, T, tau,
+            seed[0], seed[1], t0, smem=smem,
+        )  # fmt: skip
+        for a, b in zip([s, uhl, ul, mse], outs + [mse2]):
+            assert torch.equal(a, b), "the inference forward differs"
     x64 = x.double().requires_grad_(True)
     v64 = v.double().reshape(()).requires_grad_(True)
     uh064 = None if uh0 is None else uh0.double().requires_grad_(True)
@@ -233,6 +268,9 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
         None if uh064 is None else uh064.detach(), None, torch.float64,
     )  # fmt: skip
     what = f"mpe {wiring} stochastic={stochastic} {dtype} T={T} t0={t0}"
+    if stochastic:  # the forward keeps its draws, bit t % 32 of word t // 32
+        b = ref.mpe_bernoulli_mask(x.float(), seed, t0)
+        _samples_match(samples, b, what)
     _spikes_match(s, z.detach(), what + " spikes")
     _close(uhl, ruhl.detach(), dtype, what + " u_hat_last")
     if wiring == "previous" or T > 1:
@@ -252,10 +290,12 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
     guh0 = H.poisoned((M,), torch.float32)  # written for every column
     gu0 = H.poisoned((M,), torch.float32)
     (gv,), work, counters = reduce_args(grid, 1, [(1,)])
-    block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
+    block, _, smem = C.launch_config(
+        "mpe", "sjp_mpe_backward", None, T if need_mse else 0
+    )
     lib.launch(
-        "sjp_mpe_backward", grid, block, x, uh0, u0, g_s, g_mse, g_uhl, g_ul, gx, guh0,
-        gu0, gv, work, counters, v, M, T, tau, seed[0], seed[1], t0, *sgp, smem=smem,
+        "sjp_mpe_backward", grid, block, x, samples, uh0, u0, g_s, g_mse, g_uhl, g_ul,
+        gx, guh0, gu0, gv, work, counters, v, M, T, tau, t0, *sgp, smem=smem,
     )  # fmt: skip
     assert not counters.any()
     outs = [rs, ruhl, rul]
@@ -289,7 +329,7 @@ def _mpe_case(dtype, T, M, wiring, stochastic, need_mse, state, t0, sg, wide=Fal
 @pytest.mark.parametrize("T,M", [(1, 7), (5, 130), (64, 33)])
 def test_emulated_mpe(dtype, wiring, stochastic, T, M):
     sg = surrogate.PiecewiseQuadratic(alpha=1.0)
-    _mpe_case(dtype, T, M, wiring, stochastic, True, False, 0, sg)
+    _mpe_case(dtype, T, M, wiring, stochastic, True, False, 0, sg, inference=True)
     _mpe_case(dtype, T, M, wiring, stochastic, True, True, 3, sg)
     _mpe_case(dtype, T, M, wiring, stochastic, False, True, 0, sg)
 
@@ -304,8 +344,9 @@ def test_emulated_mpe_surrogates(sg):
 @pytest.mark.parametrize("wiring", ["previous", "current"])
 def test_emulated_mpe_counter_crosses_high_word(wide, wiring):
     """Forward and backward where the hash counter (t0 + t) M + m crosses 2^32 inside
-    the sequence: the backward's two-key path (a borrow selects the lower word's key)
-    and its general path (SJP_MPE_WIDE) against the reference."""
+    the sequence (the forward's two-key path: the wrap of the low word selects the
+    next high word's key), with the backward's 32-bit offsets inside a column and its
+    64-bit ones (SJP_MPE_WIDE), against the reference."""
     M, T = 130, 20
     t0 = 2**32 // M - 9  # steps 9 and 10 cross, inside a forward chunk
     sg = surrogate.ATan(alpha=2.0)
@@ -323,7 +364,7 @@ def test_emulated_hash_equals_reference():
     """The kernel's Bernoulli draws equal the torch path's (no sample flips), in the
     forward's step-by-step tail and in its chunks of 8 steps, also where the hash
     counter (t0 + t) M + m crosses into its next high word inside a step or a chunk."""
-    lib = H.load("mpe", torch.float32, None, C.mpe_flags(need_mse=False))
+    lib = H.load("mpe", torch.float32, None, C.mpe_flags(need_mse=False, keep=True))
     M = 5000
     tc = 2**32 // M  # step tc: columns m >= 2^32 - tc M are past the high word
     torch.manual_seed(0)
@@ -339,10 +380,12 @@ def test_emulated_hash_equals_reference():
         mse = H.poisoned((T,), torch.float32)
         block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
         xt = x[:T].contiguous()
+        samples = _poisoned_samples(T, M)
         lib.launch(
-            "sjp_mpe_forward", 2, block, xt, None, None, s, uhl, ul, mse, None, None, v,
-            M, T, tau, 42, 43, t0, smem=smem,
+            "sjp_mpe_forward", 2, block, xt, None, None, s, uhl, ul, samples, mse, None,
+            None, v, M, T, tau, 42, 43, t0, smem=smem,
         )  # fmt: skip
+        _samples_match(samples, ref.mpe_bernoulli_mask(xt, (42, 43), t0), (t0, T))
         b = ref.mpe_bernoulli(xt[-1:], (42, 43), t0 + T - 1)[0]
         assert torch.equal(uhl, (1 - b) * xt[-1]), (t0, T)
         if T > 1:  # u_{T-1} = I_{T-1} + tau û_{T-2}
@@ -373,7 +416,7 @@ def test_emulated_psn_backward_without_tensor_cores(T, M):
 def test_emulated_kernels_are_deterministic_and_use_no_float_atomics(name, const):
     """Every kernel, instrumented: no float atomics; two runs give the same bits."""
     M = 77  # not a multiple of 8: the PSN kernels' scalar path (as run_psn picks)
-    flags = {"mpe": C.mpe_flags(), "sliding": C.sg_flags(0)}.get(
+    flags = {"mpe": C.mpe_flags(keep=True), "sliding": C.sg_flags(0)}.get(
         name, C.psn_flags(0, vec=False)
     )
     lib = H.load(name, torch.float32, const, flags, instrument=True)
@@ -408,14 +451,15 @@ def _run_mpe_pair(lib, x, g, grid=3):
     uhl, ul = H.poisoned((M,), x.dtype), H.poisoned((M,), x.dtype)
     (mse,), work, counters = reduce_args(grid, T, [(T,)])
     block, _, smem = C.launch_config("mpe", "sjp_mpe_forward", None, T)
-    lib.launch("sjp_mpe_forward", grid, block, x, None, None, s, uhl, ul, mse, work,
-               counters, v, M, T, 0.25, 5, 6, 0, smem=smem)  # fmt: skip
+    samples = _poisoned_samples(T, M)
+    lib.launch("sjp_mpe_forward", grid, block, x, None, None, s, uhl, ul, samples,
+               mse, work, counters, v, M, T, 0.25, 5, 6, 0, smem=smem)  # fmt: skip
     gx = H.poisoned((T, M), x.dtype)
     (gv,), work, counters = reduce_args(grid, 1, [(1,)])
     gm = torch.ones(T)
-    block, _, smem = C.launch_config("mpe", "sjp_mpe_backward")
-    lib.launch("sjp_mpe_backward", grid, block, x, None, None, g, gm, None, None, gx,
-               None, None, gv, work, counters, v, M, T, 0.25, 5, 6, 0,
+    block, _, smem = C.launch_config("mpe", "sjp_mpe_backward", None, T)
+    lib.launch("sjp_mpe_backward", grid, block, x, samples, None, None, g, gm, None,
+               None, gx, None, None, gv, work, counters, v, M, T, 0.25, 0,
                *C.surrogate_params(surrogate.PiecewiseQuadratic(alpha=1.0))[1:],
                smem=smem)  # fmt: skip
-    return s, mse, gx, gv
+    return s, mse, samples, gx, gv

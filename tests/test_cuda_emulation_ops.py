@@ -18,6 +18,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 
 import sj_parallel.backends.cupy_backend as cb
+from sj_parallel import reference as ref
 from sj_parallel.backends import _cuda as C
 from sj_parallel.backends import torch_backend as tb
 
@@ -175,6 +176,36 @@ def test_emulated_mpe_without_loss_and_spike_grads(gpu):
             got = (xr.grad, vr.grad)
         else:
             _compare(got, (xr.grad, vr.grad), 1e-4, "mpe loss-only grads")
+
+
+def test_emulated_mpe_keeps_samples_only_for_training(gpu):
+    """The training forward keeps its draws, 1 bit per element, bit t % 32 of word
+    t // 32 ([ceil(T / 32), M] int32); inference keeps nothing (a [0, M] tensor, the
+    build without SJP_MPE_KEEP) and gives the same outputs, bitwise."""
+    torch.manual_seed(4)
+    T, M = 37, 20  # two words, the second partial
+    x, v = torch.randn(T, M) * 2, torch.tensor([0.9])
+    sg = (2, 1.0, 0.0, 0.0)
+    cfg = (0.25, False, True, 7, 8, 0, True)
+    train = cb.mpe_psn_forward(x, v, None, None, *cfg, True, *sg)
+    infer = cb.mpe_psn_forward(x, v, None, None, *cfg, False, *sg)
+    assert infer[4].shape == (0, M) and train[4].shape == (2, M)
+    for a, b in zip(train[:4], infer[:4]):
+        assert torch.equal(a, b)
+    b = ref.mpe_bernoulli_mask(x, (7, 8), 0).to(torch.int64)
+    words = train[4].to(torch.int64) & 0xFFFFFFFF
+    for t in range(T):
+        assert torch.equal((words[t // 32] >> (t % 32)) & 1, b[t]), t
+    assert not (words[1] >> (T - 32)).any()  # bits past step T - 1 are zero
+    # the module-level op: the same spikes with and without a graph
+    kw = dict(estimate_from="previous", stochastic=True, seed=(7, 8), t0=0)
+    kw.update(u_hat0=None, u0=None, need_mse=True)
+    with torch.no_grad():
+        s_inf = cb.mpe_psn(x, v, 0.25, surrogate.PiecewiseQuadratic(), **kw)[0]
+    s_tr = cb.mpe_psn(
+        x.requires_grad_(), v, 0.25, surrogate.PiecewiseQuadratic(), **kw
+    )[0]
+    assert torch.equal(s_inf, s_tr.detach())
 
 
 def _aten_ops_during(fn) -> set:
@@ -342,15 +373,15 @@ def _op_samples():
     v, uh0, u0 = torch.tensor([0.9]), torch.randn(M), torch.randn(M)
     sg = (0, 2.0, 0.0, 0.0)
     mpe = (0.25, False, True, 5, 6, 2)
+    bits = torch.randint(-(2**31), 2**31 - 1, ((T + 31) // 32, M), dtype=torch.int32)
     return {
         "psn_forward": (x, W, b, *sg),
         "psn_backward": (x, g, W, b, *sg),
         "sliding_psn_forward": (x, w, bs, *sg),
         "sliding_psn_backward": (x, g, w, bs, *sg),
         "mpe_psn_forward": (x, v, uh0, u0, *mpe, True, True, 2, 1.0, 0.0, 0.0),
-        "mpe_psn_backward": (x, torch.empty(0, M, dtype=torch.int32), v, uh0, u0, g,
-                             torch.randn(T), torch.randn(M), None, *mpe, 2, 1.0,
-                             0.0, 0.0),
+        "mpe_psn_backward": (x, bits, v, uh0, u0, g, torch.randn(T), torch.randn(M),
+                             None, *mpe, 2, 1.0, 0.0, 0.0),
     }  # fmt: skip
 
 
@@ -480,3 +511,16 @@ def test_torch_compile_traces_the_custom_ops(gpu):
     assert gpu.kernels() == ["sjp_psn_forward", "sjp_psn_backward"]
     assert torch.equal(sc, se)
     assert all(torch.equal(a, c) for a, c in zip(ge, gc))
+
+
+def test_mpe_backward_without_kept_samples_says_why(gpu):
+    """A sampled MPE-PSN backward whose forward kept no samples (it ran without a
+    graph) is refused with the reason, not run on missing words."""
+    T, M = 5, 8
+    x, v = torch.randn(T, M), torch.tensor([0.9])
+    none = torch.empty(0, M, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="needs the samples its forward keeps"):
+        cfg = (0.25, False, True, 1, 2, 0, 2, 1.0, 0.0, 0.0)
+        cb.mpe_psn_backward(
+            x, none, v, None, None, torch.randn(T, M), None, None, None, *cfg
+        )

@@ -113,10 +113,12 @@ def mpe_flags(
     need_mse: bool = True,
     sg_kind: int = 2,
     wide: bool = False,
+    keep: bool = False,
 ) -> Flags:
     """MPE-PSN's compile-time switches (wiring, sampling, loss) and surrogate;
-    ``wide``: the backward's hash counter may cross more than one 2^32 boundary per
-    column (:func:`mpe_backward_wide`)."""
+    ``wide``: the backward's offsets inside a column need 64 bits
+    (:func:`mpe_backward_wide`); ``keep``: the forward writes its samples for the
+    backward (training, stochastic)."""
     return (
         (
             ("SJP_MPE_CURRENT", int(bool(current))),
@@ -125,13 +127,14 @@ def mpe_flags(
         )
         + sg_flags(sg_kind)
         + ((("SJP_MPE_WIDE", 1),) if wide else ())
+        + ((("SJP_MPE_KEEP", 1),) if keep else ())
     )
 
 
 def mpe_backward_wide(T: int, M: int) -> bool:
-    """Whether the MPE-PSN backward needs its general hash-key path: a column's
-    counters (t0 + t) M + m, t < T, span (T - 1) M, which must stay below 2^32 for the
-    fast path (keys of two high words per column, computed once)."""
+    """Whether the MPE-PSN backward needs 64-bit offsets inside a column: step t of
+    a column is t M elements past its first, and (T - 1) M must stay below 2^32 for
+    the 32-bit path."""
     return (T - 1) * M >= 2**32
 
 
@@ -197,6 +200,11 @@ def kernel_variants(
             if k != 2
         ]
         out.append(KernelVariant("mpe", torch.float32, None, mpe_flags(wide=True)))
+        # the training forward, which keeps its samples for the backward
+        out += [KernelVariant("mpe", d, None, mpe_flags(keep=True)) for d in dtypes]
+        out.append(
+            KernelVariant("mpe", torch.float32, None, mpe_flags(True, keep=True))
+        )
         return out
     for d in dtypes:
         for k in sgs:
@@ -212,9 +220,9 @@ def kernel_variants(
             for cur in (False, True):
                 for sto in (False, True):
                     for mse in (False, True):
-                        out.append(
-                            KernelVariant("mpe", d, None, mpe_flags(cur, sto, mse, k))
-                        )
+                        for keep in (False, True) if sto else (False,):
+                            f = mpe_flags(cur, sto, mse, k, keep=keep)
+                            out.append(KernelVariant("mpe", d, None, f))
     return out
 
 
@@ -258,7 +266,8 @@ def launch_config(
     """``(threads per block, neuron columns per tile, dynamic shared memory bytes)`` of
     a kernel, mirroring the macros at the top of its ``.cu`` file (the emulation tests
     launch with these numbers, so a mismatch fails them). ``T`` is the sequence length
-    for the MPE-PSN forward's per-step sums."""
+    for MPE-PSN's per-step sums (forward) and loss weights (backward; 0 when the loss
+    is not differentiated)."""
     if name == "psn":
         t = int(const)
         tk = _ceil(t, 8)
@@ -285,7 +294,8 @@ def launch_config(
         return 128, 128 // lanes, 4 * (4 * (k + 1) + (8 * 128 if k > 8 else 0))
     if kernel == "sjp_mpe_forward":
         return 128, 128, 4 * 4 * max(T, 1)
-    return 128, 128, 4 * 4
+    # the block sum's scratch | the per-step loss weights (T = 0 without the loss)
+    return 128, 128, 4 * (4 + T)
 
 
 @functools.cache

@@ -161,7 +161,11 @@ def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
     mse = torch.empty(T, dtype=torch.float32, device=x.device)
-    flags = C.mpe_flags(current_wiring, stochastic, need_mse, sg_kind)
+    # the draws for the backward, bit t % 32 of word t // 32 ([0, M]: none kept)
+    samples = x.new_empty(sample_rows, M, dtype=torch.int32)
+    flags = C.mpe_flags(
+        current_wiring, stochastic, need_mse, sg_kind, keep=sample_rows > 0
+    )
     kern, grid, block, smem = _prepare("mpe", "sjp_mpe_forward", x, M, None, flags, T)
     if not need_mse:
         smem = 0
@@ -172,6 +176,7 @@ def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic
         s,
         uhl,
         ul,
+        samples if sample_rows else None,
         mse,
         _work(grid, T, x) if need_mse else None,
         C.COUNTERS if need_mse else None,
@@ -186,8 +191,7 @@ def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic
     # mse = the per-step sums over the neurons / M (0 without need_mse), in a fixed
     # order inside the launch
     C.launch(kern, grid, block, args, x.device, smem)
-    # this backend keeps no samples (sample_rows is 0): the backward regenerates them
-    return s, mse, uhl, ul, x.new_empty(sample_rows, M, dtype=torch.int32)
+    return s, mse, uhl, ul, samples
 
 
 def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, grad_uhl,
@@ -198,6 +202,16 @@ def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, gra
     guh0 = torch.empty(M, dtype=torch.float32, device=x.device)
     gu0 = torch.empty(M, dtype=torch.float32, device=x.device)
 
+    """The gradients from ``x``, the forward's ``samples`` (stochastic; they replace
+    the hash, so the seeds are not read) and the incoming gradients."""
+    if stochastic and samples.shape[0] * 32 < T:
+        raise RuntimeError(
+            "MPEPSN with backend 'cupy': the backward of a sampled estimate needs the "
+            "samples its forward keeps when a graph is built (an input or the "
+            "threshold requiring grad, grad mode on); this forward kept none. Run "
+            "the forward with grad enabled on inputs that require grad, or use "
+            "backend='torch'"
+        )
     opt = as_contiguous
     flags = C.mpe_flags(
         current_wiring,
@@ -206,10 +220,13 @@ def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, gra
         sg_kind,
         wide=C.mpe_backward_wide(T, M),
     )
-    kern, grid, block, smem = _prepare("mpe", "sjp_mpe_backward", x, M, None, flags)
+    kern, grid, block, smem = _prepare(
+        "mpe", "sjp_mpe_backward", x, M, None, flags, T if grad_mse is not None else 0
+    )
     gv = torch.empty(1, dtype=torch.float32, device=x.device)
     args = (
         x,
+        samples if stochastic else None,
         opt(u_hat0, x.dtype),
         opt(u0, x.dtype),
         opt(grad_s, x.dtype),  # None: the spikes' gradient is zero
@@ -226,8 +243,6 @@ def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, gra
         np.int64(M),
         np.int32(T),
         np.float32(tau),
-        np.uint32(seed_lo),
-        np.uint32(seed_hi),
         np.int64(t0),
         np.float32(sg_a),
         np.float32(sg_c),
@@ -253,6 +268,7 @@ _OPS = build(
     check=_check,
     limits=Limits(C.PSN_MAX_T, C.SLIDING_MAX_K, C.MPE_MAX_T_MSE),
     module=__name__,
+    keeps_samples=True,
 )
 psn_forward, psn_backward = _OPS.psn_forward, _OPS.psn_backward
 sliding_psn_forward = _OPS.sliding_psn_forward

@@ -109,6 +109,17 @@ __device__ __forceinline__ float sjp_exp(float x) {
 #endif
 }
 
+// max(x, 0), a NaN staying NaN (sm_80+: one max.NaN)
+__device__ __forceinline__ float sjp_max0(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, 0f00000000;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return x != x ? x : fmaxf(x, 0.0f);
+#endif
+}
+
 __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
                                                     float c, float d) {
   switch (kind) {
@@ -121,11 +132,10 @@ __device__ __forceinline__ float sjp_surrogate_grad(int kind, float x, float a,
       const float s = sjp_rcp(1.0f + sjp_exp(-a * x));
       return a * s * (1.0f - s);
     }
-    case SJP_SG_PIECEWISE_QUADRATIC: {
-      // |x| > 1 / a, without the IEEE division (and its slow-path call)
-      const float ax = fabsf(x);
-      return a * ax > 1.0f ? 0.0f : a - a * a * ax;
-    }
+    case SJP_SG_PIECEWISE_QUADRATIC:
+      // 0 for |x| > 1 / a, i.e. where a - a^2 |x| < 0 (a > 0; SpikingJelly gives 0
+      // for every x when a <= 0, as this does): two instructions, no division
+      return sjp_max0(a - a * a * fabsf(x));
     case SJP_SG_SOFTSIGN: {
       // 1 / (2 a (1/a + |x|)^2) = a / (2 (1 + a |x|)^2)
       const float u = 1.0f + a * fabsf(x);
@@ -433,6 +443,30 @@ __device__ __forceinline__ float sjp_float_of(unsigned int bits) {
 #endif
 }
 
+// word i of a bit mask (MPE-PSN's samples) = w, instrumented like the tensors
+__device__ __forceinline__ void sjp_store_mask_word(unsigned int* p, sjp_index i,
+                                                    unsigned int w) {
+  SJP_EMU_GLOBAL(p + i, 4, 1);
+  p[i] = w;
+}
+
+// sjp_float_of(bits), or 0 where mask = sjp_float_mask(false) (bfloat16: the
+// conversion's multiply does it)
+__device__ __forceinline__ unsigned int sjp_float_mask(bool keep) {
+#if SJP_DTYPE == 2
+  return keep ? 0x10000u : 0u;
+#else
+  return keep ? 0xffffffffu : 0u;
+#endif
+}
+__device__ __forceinline__ float sjp_float_of_masked(unsigned int bits, unsigned int mask) {
+#if SJP_DTYPE == 2
+  return __uint_as_float(bits * mask);
+#else
+  return sjp_float_of(bits & mask);
+#endif
+}
+
 // the bits of element i of p (half types in the low 16 bits)
 __device__ __forceinline__ unsigned int sjp_raw_bits(const sjp_scalar* p, sjp_index i) {
   SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 0);
@@ -442,6 +476,54 @@ __device__ __forceinline__ unsigned int sjp_raw_bits(const sjp_scalar* p, sjp_in
   return (unsigned int)__half_as_ushort(p[i]);
 #else
   return (unsigned int)__bfloat16_as_ushort(p[i]);
+#endif
+}
+
+// A pointer opaque to the optimiser: p[i] with a 32-bit i then costs one multiply-add
+// (the compiler cannot fold a 64-bit column offset into every index instead). The
+// compiler no longer knows it points to global memory: access it with sjp_ldg_bits,
+// sjp_stg and sjp_ldg_word (explicit global loads and stores).
+template <typename P>
+__device__ __forceinline__ P* sjp_opaque_ptr(P* p) {
+#ifndef SJP_EMULATION
+  asm volatile("" : "+l"(p));
+#endif
+  return p;
+}
+
+// the bits of element i of p (half types in the low 16 bits), a read-only global load
+__device__ __forceinline__ unsigned int sjp_ldg_bits(const sjp_scalar* p, sjp_index i) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 0);
+#ifdef SJP_EMULATION
+  unsigned int r = 0u;
+  memcpy(&r, p + i, sizeof(sjp_scalar));
+  return r;
+#elif SJP_DTYPE == 0
+  return __float_as_uint(__ldg(reinterpret_cast<const float*>(p + i)));
+#else
+  return (unsigned int)__ldg(reinterpret_cast<const unsigned short*>(p + i));
+#endif
+}
+
+// element i of p = v (converted), a global store
+__device__ __forceinline__ void sjp_stg(sjp_scalar* p, sjp_index i, float v) {
+  SJP_EMU_GLOBAL(p + i, (int)sizeof(sjp_scalar), 1);
+#ifdef SJP_EMULATION
+  sjp_from_float(v, p + i);
+#elif SJP_DTYPE == 0
+  asm volatile("st.global.f32 [%0], %1;" ::"l"(p + i), "f"(v));
+#else
+  asm volatile("st.global.b16 [%0], %1;" ::"l"(p + i), "h"((unsigned short)sjp_bits_of(v)));
+#endif
+}
+
+// word i of a bit mask, a read-only global load
+__device__ __forceinline__ unsigned int sjp_ldg_word(const unsigned int* p, sjp_index i) {
+  SJP_EMU_GLOBAL(p + i, 4, 0);
+#ifdef SJP_EMULATION
+  return p[i];
+#else
+  return __ldg(p + i);
 #endif
 }
 

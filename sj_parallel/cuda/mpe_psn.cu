@@ -23,22 +23,31 @@
 // the end the block adds the rows in warp order and writes one partial per step,
 // work[block][t]; the same launch adds them over the blocks in a fixed order and
 // writes mse[t] = sum / M (sjp_finish_sums, common.cuh). Without need_mse, mse = 0.
-// Nothing is saved for backward: the Bernoulli samples are regenerated from the hash.
-// Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M.
+// With SJP_MPE_KEEP (training, stochastic) the forward also writes its Bernoulli
+// samples for the backward, 1 bit per element: [ceil(T / 32), M] 32-bit words, step t
+// in bit t & 31 of word t >> 5 (bits past step T - 1 zero).
+// Bytes: read T*M*sizeof(I) (+ 2*M states in), write T*M*sizeof(S) + 2*M (+ T*M/8).
 //
-// Backward (sjp_mpe_backward): walks t from T-1 to 0 keeping the estimates of steps t,
-// t-1, t-2 and the step values of t, t-1 in registers, so every estimate (hash,
-// sigmoid) is computed once; carries the gradient of h_{t+1}; writes grad_I once.
+// Backward (sjp_mpe_backward): walks t from T-1 to 0 carrying the step values of t
+// (I, û, dû/dI, and h, z, o in the current wiring) and the gradients reaching u_t and
+// û_t; the estimate of step t - 1 comes from its input and its kept sample (no hash;
+// the expectation build computes the sigmoid), so nothing is computed twice. Time
+// runs in chunks of SJP_MPE_BCHUNK steps whose loads are issued together; offsets
+// inside a column are 32-bit (SJP_MPE_WIDE: 64-bit) from an opaque column pointer.
+// The loss weights grad_mse[t] 2 / M are staged in shared memory once per block.
 // grad_v = -sum sg'(z) (g_S - adj_u h) is reduced per block in a fixed order, then
 // over the blocks in the same launch (sjp_finish_sums). grad_S may be null (zero);
 // the [M] state gradients are written for every column (0 where the wiring has none).
-// Bytes: read 2*T*M (I, grad_S), write T*M (grad_I) (+ [M] state grads).
+// Bytes: read 2*T*M (I, grad_S) + T*M/8 (samples), write T*M (grad_I) (+ [M] state
+// grads).
 #include "common.cuh"
 
 #define SJP_MPE_BLOCK 128
-#define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2
-#define SJP_MPE_BCHUNK 4  // backward: steps whose loads are issued together
+#define SJP_MPE_CHUNK 8  // forward: steps per warp reduction of e_t^2 (divides 32)
 // compile-time switches (each build has branch-free loops)
+#ifndef SJP_MPE_KEEP
+#define SJP_MPE_KEEP 0  // forward: 1: write the samples for the backward (training)
+#endif
 #ifndef SJP_MPE_CURRENT
 #define SJP_MPE_CURRENT 0  // 1: the current wiring, 0: the previous (paper) wiring
 #endif
@@ -48,17 +57,11 @@
 #ifndef SJP_MPE_MSE
 #define SJP_MPE_MSE 1  // forward: 1 sums e_t^2 for the membrane loss
 #endif
-#ifndef SJP_MPE_WIDE
-// backward: 0 when a column's counters span less than 2^32 ((T - 1) M < 2^32, the
-// launcher checks): the keys of the first high word and the one below are computed
-// once per column and a borrow from the low word selects the second; 1: the key is
-// looked up per step (cached, recomputed when the high word changes)
-#define SJP_MPE_WIDE 0
-#endif
 
 struct SjpEst {
   float uh;    // the estimate û
   float dudx;  // dû/dI
+  float nb;    // 1 - the sample b (forward, stochastic; 1 otherwise)
 };
 
 // The estimate of step value xi with global index lo (low word) under key.
@@ -67,10 +70,11 @@ __device__ __forceinline__ SjpEst sjp_mpe_estimate(float xi, unsigned int key,
   SjpEst r;
   const float p = sjp_sigmoid(xi);
   if (SJP_MPE_STOCHASTIC) {
-    const float b = sjp_hash_uniform_key(key, lo) < p ? 1.0f : 0.0f;
-    r.uh = (1.0f - b) * xi;
-    r.dudx = 1.0f - b;
+    r.nb = sjp_hash_uniform_key(key, lo) < p ? 0.0f : 1.0f;
+    r.uh = r.nb * xi;
+    r.dudx = r.nb;
   } else {
+    r.nb = 1.0f;
     r.uh = (1.0f - p) * xi;
     r.dudx = (1.0f - p) - p * (1.0f - p) * xi;
   }
@@ -119,7 +123,7 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     sjp_mpe_forward(const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
                     const sjp_scalar* __restrict__ u0, sjp_scalar* __restrict__ s,
                     sjp_scalar* __restrict__ u_hat_last, sjp_scalar* __restrict__ u_last,
-                    float* __restrict__ mse, float* __restrict__ work,
+                    unsigned int* __restrict__ samples, float* __restrict__ mse, float* __restrict__ work,
                     unsigned int* __restrict__ counters, const float* __restrict__ v_th,
                     const sjp_index M, const int T, const float tau,
                     const unsigned int seed_lo, const unsigned int seed_hi,
@@ -147,11 +151,22 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     const sjp_scalar* xp = x + mc;  // step t of this column
     sjp_scalar* sp = s + mc;
     unsigned long long index = (unsigned long long)t0 * M + mc;  // the hash counter
+    // the samples (training build): step t is bit t & 31 of word t >> 5 of the
+    // column; a word is written when its 32 steps are done, the last one at the end
+    // (bits past step T - 1 zero)
+    constexpr bool keep_samples = SJP_MPE_STOCHASTIC && SJP_MPE_KEEP;
+    unsigned int* wp = samples + mc;  // word g of this column: wp + g M
+    unsigned int word = 0u;
+    auto flush = [&](int g) {
+      if (keep_samples && valid) sjp_store_mask_word(wp, (sjp_index)g * M, word);
+      word = 0u;
+    };
     // one step under the hash key of its counter's high word and its low word lo:
-    // spike, state update, e_t^2 (0 for lanes past M)
-    auto step = [&](int t, unsigned int key, unsigned int lo) {
+    // spike, state update, 1 - its sample (nb), e_t^2 (0 for lanes past M)
+    auto step = [&](int t, unsigned int key, unsigned int lo, float& nb) {
       const float xi = sjp_load(xp, 0);
       const SjpEst e = sjp_mpe_estimate(xi, key, lo);
+      nb = e.nb;
       const bool first = t == t_first;
       const float h = current_wiring ? (first ? xi : xi + tau * e.uh)
                                      : xi + tau * uh_prev;
@@ -167,7 +182,12 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
     };
     // one step whatever its counter (the key looked up per step)
     auto step_any = [&](int t) {
-      const float e2 = step(t, kc.get(index), (unsigned int)index);
+      float nb;
+      const float e2 = step(t, kc.get(index), (unsigned int)index, nb);
+      if (keep_samples) {
+        word |= (nb == 0.0f ? 1u : 0u) << (t & 31);
+        if ((t & 31) == 31) flush(t >> 5);
+      }
       index += M;
       return e2;
     };
@@ -185,10 +205,19 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
 #pragma unroll 1
     for (; tc < t_full; tc += SJP_MPE_CHUNK) {  // straight-line code
       float e2[SJP_MPE_CHUNK];
+      // the chunk's (1 - samples) summed as (1 - b_j) 2^j: one multiply-add per
+      // step, exact; its complement in the chunk's bits is the samples
+      float nbits = 0.0f;
 #pragma unroll
       for (int j = 0; j < SJP_MPE_CHUNK; ++j) {
-        e2[j] = step(tc + j, lo < lo0 ? key_b : key_a, lo);  // wrapped: hi0 + 1
+        float nb;
+        e2[j] = step(tc + j, lo < lo0 ? key_b : key_a, lo, nb);  // wrapped: hi0 + 1
+        nbits = fmaf(nb, (float)(1u << j), nbits);
         lo += (unsigned int)M;
+      }
+      if (keep_samples) {
+        word |= (~(unsigned int)nbits & 0xffu) << (tc & 31);
+        if (((tc + SJP_MPE_CHUNK) & 31) == 0) flush(tc >> 5);
       }
       if (need_mse) {  // block-uniform: every lane takes part in the shuffles
         // the warp's sums (lane 4 i: step tc + i) into its row of the table
@@ -205,6 +234,7 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
         if (lane == 0) err_s[warp * T + tc] += sum;
       }
     }
+    if (keep_samples && (T & 31) != 0) flush(T >> 5);  // the last, partial word
     if (valid && u_hat_last) sjp_store(u_hat_last, m, uh_prev);
     if (valid && u_last) sjp_store(u_last, m, u_prev);
   }
@@ -223,162 +253,208 @@ extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8)
   sjp_finish_sums(work, counters, T, mse, T, nullptr, (float)M);
 }
 
-// Step values recomputed in backward.
-struct SjpStep {
-  float h, z, s, u;
-};
+// ------------------------------------------------------------------ backward
+// Steps per chunk of the backward's time loop, whose loads are issued together (a
+// divisor of 32, so a chunk never straddles two sample words); half types move half
+// the bytes per load, so they take twice the steps to keep as many bytes in flight.
+#ifndef SJP_MPE_BCHUNK
+#if SJP_DTYPE == 0
+#define SJP_MPE_BCHUNK 4
+#else
+#define SJP_MPE_BCHUNK 8
+#endif
+#endif
+#ifndef SJP_MPE_WIDE
+// 0: offsets inside a column (t M, t < T) fit 32 bits ((T - 1) M < 2^32, the launcher
+// checks): one multiply-add per address; 1: 64-bit offsets
+#define SJP_MPE_WIDE 0
+#endif
+#if SJP_MPE_WIDE
+typedef sjp_index sjp_moff;
+#else
+typedef unsigned int sjp_moff;
+#endif
 
-__device__ __forceinline__ SjpStep sjp_mpe_step(float xi, float uh_own, float uh_prev,
-                                                bool first, float tau, float v) {
-  SjpStep r;
-  r.h = SJP_MPE_CURRENT ? (first ? xi : xi + tau * uh_own) : xi + tau * uh_prev;
-  r.z = r.h - v;
-  r.s = sjp_heaviside(r.z);
-  r.u = (1.0f - r.s) * r.h;
+// The estimate of a step from its input xi and whether its sample was drawn (then
+// û = 0; the expectation build has no samples and `taken` is false there).
+__device__ __forceinline__ SjpEst sjp_mpe_estimate_of(float xi, bool taken) {
+  SjpEst r;
+  r.nb = 1.0f;  // unused
+  if (SJP_MPE_STOCHASTIC) {
+    r.uh = taken ? 0.0f : xi;
+    r.dudx = taken ? 0.0f : 1.0f;
+  } else {
+    const float p = sjp_sigmoid(xi);
+    r.uh = taken ? 0.0f : (1.0f - p) * xi;
+    r.dudx = taken ? 0.0f : (1.0f - p) - p * (1.0f - p) * xi;
+  }
   return r;
 }
 
 extern "C" __global__ void __launch_bounds__(SJP_MPE_BLOCK, 8) sjp_mpe_backward(
-    const sjp_scalar* __restrict__ x, const sjp_scalar* __restrict__ u_hat0,
-    const sjp_scalar* __restrict__ u0, const sjp_scalar* __restrict__ grad_s,
-    const float* __restrict__ grad_mse, const sjp_scalar* __restrict__ grad_uhl,
-    const sjp_scalar* __restrict__ grad_ul, sjp_scalar* __restrict__ grad_x,
-    float* __restrict__ grad_u_hat0, float* __restrict__ grad_u0,
-    float* __restrict__ grad_v, float* __restrict__ work,
+    const sjp_scalar* __restrict__ x, const unsigned int* __restrict__ samples,
+    const sjp_scalar* __restrict__ u_hat0, const sjp_scalar* __restrict__ u0,
+    const sjp_scalar* __restrict__ grad_s, const float* __restrict__ grad_mse,
+    const sjp_scalar* __restrict__ grad_uhl, const sjp_scalar* __restrict__ grad_ul,
+    sjp_scalar* __restrict__ grad_x, float* __restrict__ grad_u_hat0,
+    float* __restrict__ grad_u0, float* __restrict__ grad_v, float* __restrict__ work,
     unsigned int* __restrict__ counters, const float* __restrict__ v_th, const sjp_index M,
-    const int T, const float tau, const unsigned int seed_lo, const unsigned int seed_hi,
-    const long long t0, const float sg_a, const float sg_c, const float sg_d) {
-  constexpr bool current_wiring = SJP_MPE_CURRENT;
-  SJP_DYN_SMEM(scratch);  // one float per warp
+    const int T, const float tau, const long long t0, const float sg_a, const float sg_c,
+    const float sg_d) {
+  constexpr bool current_wiring = SJP_MPE_CURRENT, has_mse = SJP_MPE_MSE;
+  constexpr int CH = SJP_MPE_BCHUNK;
+  SJP_DYN_SMEM(smem);  // [4] the block sum's scratch | [T] gm_t = grad_mse[t] 2 / M
+  const sjp_smem_t gm_s = smem + 4;
+  if (has_mse)
+    for (int i = threadIdx.x; i < T; i += blockDim.x)
+      gm_s[i] = grad_mse[i] * (2.0f / (float)M);
+  __syncthreads();
   const float v = v_th[0];
-  const float two_over_m = 2.0f / (float)M;
+  const bool has_gs = grad_s != nullptr;  // null: the spikes' gradient is 0
+  const unsigned int gs_mask = sjp_float_mask(has_gs);
+  // the current wiring at global step 0 (t0 = 0): h_0 = I_0 and e_0 = 0, so û_0
+  // reaches neither (only û_last, when T = 1)
+  const bool first0 = current_wiring && t0 == 0;
+  const sjp_moff Mo = (sjp_moff)M;
+  const int n_chunks = T > 0 ? T / CH : 0;  // whole chunks: steps 0 .. CH n_chunks - 1
   float acc_v = 0.0f;
-  SjpKeyCache kc{seed_lo, seed_hi, 0u, sjp_hash_key(seed_lo, seed_hi, 0u)};
   const sjp_index n_tiles = (M + blockDim.x - 1) / blockDim.x;
 #pragma unroll 1
   for (sjp_index tile = blockIdx.x; tile < n_tiles && T > 0; tile += gridDim.x) {
     const sjp_index m = tile * blockDim.x + threadIdx.x;
     if (m >= M) continue;
+    // step t of this column is at offset t M from these
+    const sjp_scalar* xm = sjp_opaque_ptr(x + m);
+    // without grad_S, x is read in its place (its element of the step before was
+    // just read: a cache hit) and masked to 0
+    const sjp_scalar* gsm = sjp_opaque_ptr(has_gs ? grad_s + m : x + m);
+    sjp_scalar* gxm = sjp_opaque_ptr(grad_x + m);
+    // the sample word of group g (bit i: step 32 g + i)
+    const unsigned int* wm = SJP_MPE_STOCHASTIC ? sjp_opaque_ptr(samples + m) : nullptr;
+    auto word = [&](int g) -> unsigned int {
+      return SJP_MPE_STOCHASTIC ? sjp_ldg_word(wm, (sjp_moff)g * Mo) : 0u;
+    };
     const float uh_init = u_hat0 ? sjp_load(u_hat0, m) : 0.0f;
-    const float u_init = u0 ? sjp_load(u0, m) : 0.0f;
-    // The estimates are read backwards in time, one step ahead of t - 2: xq and iq
-    // (pointer into I and hash counter) are those of step tq, stepped by -M.
-    int tq = T - 1;
-    const sjp_scalar* xq = x + (sjp_index)tq * M + m;
-    unsigned long long iq = (unsigned long long)(t0 + tq) * M + m;
-#if !SJP_MPE_WIDE
-    const unsigned int hi0 = (unsigned int)(iq >> 32), m_lo = (unsigned int)M;
-    const unsigned int key_a = sjp_hash_key(seed_lo, seed_hi, hi0);
-    const unsigned int key_b = sjp_hash_key(seed_lo, seed_hi, hi0 - 1u);
-    unsigned int lo = (unsigned int)iq;
-    bool borrowed = false;  // the counter is in high word hi0 - 1
-#endif
-    // x and estimate of step tq from its raw bits, then move to tq - 1 (before step 0:
-    // the carried state)
-    auto est_of = [&](float& xi, unsigned int raw) {
-      if (tq < 0) {
-        xi = 0.0f;
-        return SjpEst{uh_init, 0.0f};
+    const float u_init = u0 && t0 != 0 ? sjp_load(u0, m) : 0.0f;  // u_{-1}
+    // carried into step t: I_t, û_t, dû_t/dI_t and, current wiring, h_t, z_t, o_t;
+    // ca: the gradient reaching u_t from later steps (u_last's at T - 1), cu: the one
+    // reaching û_t (û_last's at T - 1, then the previous wiring's tau grad_h_{t+1})
+    float x_t = sjp_float_of(sjp_ldg_bits(xm, (sjp_moff)(T - 1) * Mo));
+    const SjpEst e_top =
+        sjp_mpe_estimate_of(x_t, (word((T - 1) >> 5) >> ((T - 1) & 31)) & 1u);
+    float uh_t = e_top.uh, du_t = e_top.dudx;
+    float h_t = T == 1 && first0 ? x_t : x_t + tau * uh_t, z_t = h_t - v;
+    bool s_t = z_t >= 0.0f;
+    float ca = grad_ul ? sjp_load(grad_ul, m) : 0.0f;  // current wiring: minus it
+    float cu = grad_uhl ? sjp_load(grad_uhl, m) : 0.0f;
+    if (current_wiring) ca = -ca;
+    // Step t at offset off: xr and taken are the input bits and sample of step t - 1,
+    // gr the grad_S bits and gm the loss weight of step t; bottom: t = 0 (step -1 is
+    // the incoming state); at: t = 1. Writes grad_I_t and moves the carried values to
+    // t - 1.
+    auto step = [&](sjp_moff off, unsigned int xr, bool taken, unsigned int gr, float gm,
+                    bool bottom, bool at1) {
+      const float xp = sjp_float_of(xr);
+      SjpEst ep = sjp_mpe_estimate_of(xp, taken);
+      float hh, zz, err, hp = 0.0f, zp = 0.0f;
+      bool ss, sp = false;
+      // the current wiring's global step 0 is step t (t = 0) or t - 1 (t = 1)
+      const bool at0 = current_wiring && first0 && bottom;
+      if (current_wiring) {  // the step values of t - 1 give u_{t-1}
+        hp = first0 && at1 ? xp : xp + tau * ep.uh;
+        zp = hp - v;
+        sp = zp >= 0.0f;
+        const float up = bottom ? u_init : sp ? 0.0f : hp;
+        hh = h_t;
+        zz = z_t;
+        ss = s_t;
+        err = at0 ? 0.0f : uh_t - up;
+      } else {  // h_t needs û_{t-1}
+        if (bottom) ep.uh = uh_init;
+        hh = x_t + tau * ep.uh;
+        zz = hh - v;
+        ss = zz >= 0.0f;
+        err = uh_t - (ss ? 0.0f : hh);
       }
-      xi = sjp_float_of(raw);
-#if SJP_MPE_WIDE
-      const SjpEst e = sjp_mpe_estimate(xi, kc.get(iq), (unsigned int)iq);
-      iq -= M;
-#else
-      const SjpEst e = sjp_mpe_estimate(xi, borrowed ? key_b : key_a, lo);
-      const unsigned int lo_next = lo - m_lo;
-      borrowed = borrowed || lo_next > lo;
-      lo = lo_next;
-#endif
-      xq -= M;
-      --tq;
-      return e;
+      // adj: gradient reaching u_t = (1 - o_t) h_t; the spike inside u is not
+      // detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z)
+      // (the current wiring carries -ca: no negations)
+      const float ge = has_mse ? gm * err : 0.0f;
+      const float gs = sjp_float_of_masked(gr, gs_mask);
+      float sg_term, grad_h;
+      if (current_wiring) {
+        sg_term = (gs + ca * hh) * sjp_sg(zz, sg_a, sg_c, sg_d);
+        grad_h = sg_term - (ss ? 0.0f : ca);
+      } else {
+        const float adj = ca - ge;
+        sg_term = (gs - adj * hh) * sjp_sg(zz, sg_a, sg_c, sg_d);
+        grad_h = sg_term + (ss ? 0.0f : adj);
+      }
+      acc_v -= sg_term;
+      const float grad_uh = current_wiring ? (at0 ? cu : ge + cu + tau * grad_h) : ge + cu;
+      sjp_stg(gxm, off, grad_h + grad_uh * du_t);
+      if (current_wiring) {
+        ca = ge;
+        cu = 0.0f;
+      } else {
+        ca = 0.0f;
+        cu = tau * grad_h;
+      }
+      x_t = xp;
+      uh_t = ep.uh;
+      du_t = ep.dudx;
+      h_t = hp;
+      z_t = zp;
+      s_t = sp;
     };
-    // the raw bits of x at step tq - ahead (0 before step 0)
-    auto load_x = [&](int ahead) -> unsigned int {
-      return tq - ahead >= 0 ? sjp_raw_bits(xq - (sjp_index)ahead * M, 0) : 0u;
-    };
-    // rolling window: x, estimate and step values of t and t - 1, estimate of t - 2
-    float x_t, x_p, x_pp;
-    SjpEst e_t = est_of(x_t, load_x(0));
-    SjpEst e_p = est_of(x_p, load_x(0));
-    SjpEst e_pp = est_of(x_pp, load_x(0));
-    SjpStep st_t = sjp_mpe_step(x_t, e_t.uh, e_p.uh, (t0 + T - 1) == 0, tau, v);
-    // grad_S may be null (the spikes are not used): then it is 0
-    const bool has_gs = grad_s != nullptr;
-    sjp_index gi = (sjp_index)(T - 1) * M + m;  // grad_S / grad_I of step t
-    float grad_h_next = 0.0f;    // grad of h_{t+1} (previous wiring)
-    float mse_next_term = 0.0f;  // gm_{t+1} * e_{t+1} (current wiring)
-    // Time runs backwards in chunks of SJP_MPE_BCHUNK steps; a chunk's loads (grad_S
-    // of its steps, x of the estimates they move to) are issued together before any
-    // is used and kept packed until their step, so they are in flight at once.
+    // the top T % CH steps one at a time
+    int t = T - 1;
 #pragma unroll 1
-    for (int tc = T - 1; tc >= 0; tc -= SJP_MPE_BCHUNK) {
-      unsigned int xr[SJP_MPE_BCHUNK], gr[SJP_MPE_BCHUNK];
+    for (; t >= n_chunks * CH; --t) {
+      const sjp_moff off = (sjp_moff)t * Mo;
+      const bool bottom = t == 0;
+      const unsigned int xr = bottom ? 0u : sjp_ldg_bits(xm, off - Mo);
+      const bool taken = !bottom && ((word((t - 1) >> 5) >> ((t - 1) & 31)) & 1u);
+      const unsigned int gr = sjp_ldg_bits(gsm, off);
+      step(off, xr, taken, gr, has_mse ? (float)gm_s[t] : 0.0f, bottom, t == 1);
+    }
+    // then whole chunks, each inside one sample word: its loads (grad_S of its steps,
+    // I of the steps before them) are issued together before any is used and kept
+    // packed until their step; wh, wl: the words of the chunk's group and the one
+    // below (the sample of the step before the chunk's first)
+    int g = n_chunks > 0 ? ((n_chunks - 1) * CH) >> 5 : 0;
+    unsigned int wh = word(g), wl = g > 0 ? word(g - 1) : 0u;
+#pragma unroll 1
+    for (int q = n_chunks - 1; q >= 0; --q) {
+      const int tb = q * CH;  // the chunk's first step
+      const sjp_moff off0 = (sjp_moff)(tb + CH - 1) * Mo;  // and its last
+      unsigned int xr[CH], gr[CH];
+      sjp_moff off = off0;
 #pragma unroll
-      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
-        xr[c] = load_x(c);
-        gr[c] = has_gs && tc - c >= 0 ? sjp_raw_bits(grad_s, gi - (sjp_index)c * M) : 0u;
+      for (int c = 0; c < CH; ++c) {
+        gr[c] = sjp_ldg_bits(gsm, off);
+        off -= Mo;
+        xr[c] = c < CH - 1 || q > 0 ? sjp_ldg_bits(xm, off) : 0u;
       }
+      // bit i: the sample of step tb - 1 + i
+      const unsigned int w =
+          (unsigned int)((((unsigned long long)wh << 32) | wl) >> (31 + (tb & 31)));
 #pragma unroll
-      for (int c = 0; c < SJP_MPE_BCHUNK; ++c) {
-        const int t = tc - c;
-        if (t >= 0) {
-          // step values of t - 1 (its h needs û_{t-2} or û_{t-1}); u_{t-1} is the
-          // current wiring's loss target of step t
-          SjpStep st_p;
-          float u_before = u_init;
-          if (t >= 1) {
-            st_p = sjp_mpe_step(x_p, e_p.uh, e_pp.uh, (t0 + t - 1) == 0, tau, v);
-            u_before = st_p.u;
-          }
-          const float gs = sjp_float_of(gr[c]);
-          // adj_u: gradient reaching u_t = (1 - o_t) h_t (membrane loss, u_last). The
-          // spike inside u is not detached: du/dh = (1 - o) - h sg'(z), du/dv = h sg'(z).
-          float adj_u = 0.0f;
-          float grad_uh = 0.0f;
-          if (t == T - 1) {
-            if (grad_ul) adj_u += sjp_load(grad_ul, m);
-            if (grad_uhl) grad_uh += sjp_load(grad_uhl, m);
-          }
-          const float gm = grad_mse ? grad_mse[t] * two_over_m : 0.0f;
-          float err;
-          if (current_wiring) {
-            adj_u -= mse_next_term;
-            err = ((t0 + t) == 0 ? 0.0f : 1.0f) * (e_t.uh - u_before);
-          } else {
-            err = e_t.uh - st_t.u;
-            adj_u -= gm * err;
-          }
-          const float sg_term = (gs - adj_u * st_t.h) * sjp_sg(st_t.z, sg_a, sg_c, sg_d);
-          acc_v -= sg_term;
-          const float grad_h = sg_term + adj_u * (1.0f - st_t.s);
-          if (current_wiring) {
-            const float cw = (t0 + t) == 0 ? 0.0f : 1.0f;
-            grad_uh += gm * cw * err + tau * cw * grad_h;
-            mse_next_term = gm * cw * err;
-          } else {
-            grad_uh += gm * err + tau * grad_h_next;
-            grad_h_next = grad_h;
-          }
-          if (t == 0) {  // the incoming state's gradients (0 where the wiring has none)
-            if (grad_u0) grad_u0[m] = current_wiring ? -mse_next_term : 0.0f;
-            if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : tau * grad_h;
-          }
-          sjp_store(grad_x, gi, grad_h + grad_uh * e_t.dudx);
-          gi -= M;
-          // shift the window one step back in time
-          x_t = x_p;
-          e_t = e_p;
-          st_t = st_p;
-          x_p = x_pp;
-          e_p = e_pp;
-          e_pp = est_of(x_pp, xr[c]);
-        }
+      for (int c = 0; c < CH; ++c)
+        step(off0 - (sjp_moff)c * Mo, xr[c], (w >> (CH - 1 - c)) & 1u, gr[c],
+             has_mse ? (float)gm_s[tb + CH - 1 - c] : 0.0f, c == CH - 1 && q == 0,
+             c == CH - 2 && q == 0);
+      if ((tb & 31) == 0 && q > 0) {  // the next chunk is in the group below
+        --g;
+        wh = wl;
+        wl = g > 0 ? word(g - 1) : 0u;
       }
     }
+    // the incoming state's gradients (0 where the wiring has none)
+    if (grad_u0) grad_u0[m] = current_wiring ? -ca : 0.0f;
+    if (grad_u_hat0) grad_u_hat0[m] = current_wiring ? 0.0f : cu;
   }
-  const float r = sjp_block_sum(acc_v, scratch);
+  const float r = sjp_block_sum(acc_v, smem);
   if (threadIdx.x == 0) work[blockIdx.x] = r;
   sjp_finish_sums(work, counters, 1, grad_v, 1, nullptr, 1.0f);
 }
