@@ -187,7 +187,7 @@ def psn_forward(
     if M == 0:
         return s
     w, b = _padded(weight, bias, T)
-    vec = _vec(K.vec_width("psn", False, x.dtype), M, x, s)
+    vec = _vec(K.vec_width("psn", False, x.dtype, T), M, x, s)
     ce, opts = K.launch_params("psn", False, T, precision=PRECISION, dtype=x.dtype,
                                vec=vec)  # fmt: skip
     grid = (_cdiv(M, ce["BLOCK_M"]),)
@@ -217,7 +217,7 @@ def psn_backward(
         return gx, torch.zeros_like(weight), torch.zeros_like(bias)
     grad_s = grad_s.to(x.dtype).contiguous()
     w32, b32 = _padded(weight, bias, T)
-    vec = _vec(K.vec_width("psn", True, x.dtype), M, x, grad_s, gx)
+    vec = _vec(K.vec_width("psn", True, x.dtype, T), M, x, grad_s, gx)
     for part in K.backward_parts("psn", T, x.dtype):  # one kernel, or grad_X, grad_W
         ce, opts = K.launch_params("psn", True, T, precision=PRECISION, part=part,
                                    dtype=x.dtype, vec=vec)  # fmt: skip
