@@ -45,6 +45,12 @@ atomics). It reads ``X`` and ``grad_S`` once and writes ``grad_X`` once. Where o
 kernel would need too many registers (``PART`` 1 and 2, see
 :func:`sj_parallel.triton.backward_parts`) the launcher runs it twice, ``grad_X`` only,
 then the weight gradients only, reading ``X`` and ``grad_S`` twice.
+
+With the neurons as rows every warp holds the whole ``[TP, TP]`` weight operand (tf32
+high/low parts in float32), which spills for float32 ``TP = 32`` and every
+``TP = 64``; there the launcher sets ``ROWS`` and the kernel runs with the steps as
+rows instead (``[TP, BLOCK_M]`` tiles, ``H = W X``, ``grad_X = W^T GH``,
+``grad_W += GH X^T``; ``W`` and ``W^T`` spread over the warps' rows), float32 products.
 """
 
 from __future__ import annotations
