@@ -15,13 +15,21 @@ none: reductions are per-program partials), and an estimated % of the DRAM roofl
 
 * DRAM bytes per element: what the kernel must move (read ``X`` once and write ``S``
   once forward; read ``X`` and ``grad_S``, write ``grad_X`` backward), in the dtype;
-* instructions per element from the SASS: the largest loop that loads the inputs (its
-  body runs once per ``BLOCK_M x rows`` elements; the PSN forward has none and counts
-  its whole body plus its chunk loop ``TP/16`` times) times 32 threads times the
-  warps; a backward split in two parts adds both parts' instructions and bytes;
+* instructions per element from the SASS of the path a training step takes: the
+  run-time switches are bound to constants in a second compile of the same kernel
+  (:data:`PATH`: the ATan surrogate of PSN and sliding PSN, MPE-PSN sampling with
+  the membrane loss and its triangle surrogate, no incoming state), so the uniform
+  branches not taken do not count (the registers, stack and occupancy are those of
+  the kernel that is launched). The steady state is the innermost loop that loads
+  the inputs: its body runs once per ``BLOCK_M x rows`` elements (``rows``: ``TP``
+  for a PSN backward tile, the ring ``KP`` for sliding PSN, 1 for MPE-PSN); the PSN
+  forward counts its whole program, each loop's body times its trip count, per
+  ``BLOCK_M x TP`` elements. Times 32 threads times the warps; a backward split in
+  two parts adds both parts' instructions and bytes;
 * bounds per element: DRAM, issue (4 warp-instructions per SM and clock), FP32 lanes,
-  MUFU, and the tensor cores (tf32 multiply-adds of the ``tl.dot`` s, three per
-  product with tf32x3); the estimate is the smallest, as a % of the DRAM bound.
+  MUFU, and the tensor cores (the multiply-adds of the ``HMMA``/``HGMMA``
+  instructions counted as above, a 16-bit one as half a tf32 one); the estimate is
+  the smallest, as a % of the DRAM bound.
 
 Latency is not modelled (the occupancy column is the guard). The same machines as
 ``benchmarks/kernel_model.py``: H100 SXM (132 SMs, 1.755 GHz, 3.35 TB/s), A100 SXM4
@@ -83,27 +91,51 @@ MACHINES = (
     ("A100", 80, 108, 1.41e9, 2.039e12, 64, 512),
 )
 
-#: Kernels whose H100 occupancy is below 50 % (every dtype), with the reason; the test
+#: Kernels whose H100 occupancy is below 50 % (in some dtype), with the reason; the test
 #: fails if one of them reaches 50 % (then delete it) or if any other kernel misses.
-_DOT_REGISTERS = (
-    "tl.dot with tf32x3 keeps the [T, T] (or band) weight operands as tf32 hi/lo "
-    "fragments in every warp's registers, with the weight-gradient accumulators: "
-    "{} registers per thread (no spills)"
+_COLS = (
+    "PSN backward with the neurons as rows: tl.dot needs the whole [TP, TP] weight "
+    "operand in every warp (tf32 or 16-bit parts) next to the recomputed H, GH and the "
+    "weight-gradient accumulators: {} registers per thread (no spills); smaller tiles, "
+    "fewer warps and register caps spill"
+)
+_ROWS = (
+    "PSN backward with the steps as rows (the neuron-row layout spills here): tf32x3 "
+    "keeps W and W^T as tf32 high/low fragments spread over the warps with the "
+    "weight-gradient accumulators: {} registers per thread (no spills)"
+)
+_RING = (
+    "sliding PSN backward: the input ring, the GH ring and the tap sums (KP values "
+    "each per neuron) stay in registers: {} registers per thread (no spills); a "
+    "shifted ring in a loop (tried) spills"
+)
+_FWD = (
+    "PSN forward: the [BLOCK_M, RB] accumulator and the split parts of a chunk of W "
+    "(tf32x3 or 16-bit): {} registers per thread in some dtypes (no spills); smaller "
+    "step blocks cost more instructions than the occupancy gains"
 )
 LOW_OCCUPANCY: Dict[Tuple[str, str], str] = {
-    ("psn_backward_kernel", "TP=16,PART=0"): _DOT_REGISTERS.format("126-127"),
-    ("psn_backward_kernel", "TP=32,PART=0"): _DOT_REGISTERS.format("198-205"),
-    ("psn_backward_kernel", "TP=64,PART=1"): _DOT_REGISTERS.format("104"),
-    ("psn_backward_kernel", "TP=64,PART=2"): _DOT_REGISTERS.format("139-148"),
-    ("sliding_backward_kernel", "HAS_PREV=False,BT=16,PART=0"):
-        _DOT_REGISTERS.format("121-128"),
-    ("sliding_backward_kernel", "HAS_PREV=True,BT=16,PART=0"):
-        _DOT_REGISTERS.format("173-205"),
-    ("sliding_backward_kernel", "HAS_PREV=True,BT=32,PART=1"):
-        _DOT_REGISTERS.format("139-242"),
-    ("sliding_backward_kernel", "HAS_PREV=True,BT=32,PART=2"):
-        _DOT_REGISTERS.format("216-222"),
-    ("sliding_forward_kernel", "HAS_PREV=True,BT=32"): _DOT_REGISTERS.format("80-100"),
+    ("psn_forward_kernel", "TP=32"): _FWD.format("66-80"),
+    ("psn_forward_kernel", "TP=64"): _FWD.format("72-89"),
+    ("psn_backward_kernel", "TP=16,PART=0"): _COLS.format("95-174"),
+    ("psn_backward_kernel", "TP=32,PART=0"): _COLS.format("167-243") + "; float32: "
+        + _ROWS.format("205"),
+    ("psn_backward_kernel", "TP=64,PART=1"): _ROWS.format("104-106"),
+    ("psn_backward_kernel", "TP=64,PART=2"): _ROWS.format("140-149"),
+    ("sliding_backward_kernel", "KP=16"): _RING.format("95-96"),
+    ("sliding_backward_kernel", "KP=32"): _RING.format("226-254"),
+}  # fmt: skip
+
+#: The run-time switches bound to constants in the instruction-count compile (the path
+#: of a training step): PSN/sliding PSN with SpikingJelly's default ATan surrogate,
+#: MPE-PSN sampling, with the membrane loss, its triangle (PiecewiseQuadratic)
+#: surrogate and no incoming state.
+PATH = {
+    ("psn", True): {"sg_kind": 0},
+    ("sliding", True): {"sg_kind": 0},
+    ("mpe", False): {"stochastic": 1, "need_mse": 1, "has_uh0": 0, "has_u0": 0},
+    ("mpe", True): {"sg_kind": 2, "stochastic": 1, "need_mse": 1, "has_uh0": 0,
+                    "has_u0": 0, "has_guhl": 0, "has_gul": 0},
 }  # fmt: skip
 
 FP32_OPS = {"FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSET", "FSETP", "FCHK",
@@ -123,27 +155,29 @@ def _run(cmd: List[str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def _cache_file(v: K.Variant, arch: int) -> Path:
+def _cache_file(v: K.Variant, arch: int, path: bool) -> Path:
     text = json.dumps(
         [triton.__version__, v.kernel.cache_key, v.name, DTYPE_NAMES[v.dtype],
-         [list(c) for c in v.constexprs], v.num_warps, arch, K.signature(v)]
+         [list(c) for c in v.constexprs], v.options, arch, K.signature(v), path]
     )  # fmt: skip
     return CACHE / (hashlib.sha256(text.encode()).hexdigest()[:24] + ".json")
 
 
-def compile_variant(v: K.Variant, arch: int) -> dict:
-    """Compile one variant for ``sm_<arch>``: resources and the SASS opcodes."""
-    cached = _cache_file(v, arch)
+def compile_variant(v: K.Variant, arch: int, path: bool = False) -> dict:
+    """Compile one variant for ``sm_<arch>`` with its launch options: resources and
+    the SASS opcodes. ``path``: with the run-time switches of :data:`PATH` bound to
+    constants (for the instruction count)."""
+    cached = _cache_file(v, arch, path)
     if cached.exists():
         return json.loads(cached.read_text())
-    src = ASTSource(
-        fn=v.kernel, signature=K.signature(v), constexprs=dict(v.constexprs)
-    )
-    ck = triton.compile(
-        src,
-        target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": v.num_warps, "num_stages": 1},
-    )
+    sig = K.signature(v)
+    constexprs = dict(v.constexprs)
+    if path:
+        for name, value in PATH.get((v.family, v.backward), {}).items():
+            sig[name] = "constexpr"
+            constexprs[name] = value
+    src = ASTSource(fn=v.kernel, signature=sig, constexprs=constexprs)
+    ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=v.options)
     ptx = ck.asm["ptx"]
     name = ck.metadata.name
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +204,7 @@ def compile_variant(v: K.Variant, arch: int) -> dict:
 def _sass_ops(dump: str) -> List[Tuple[int, str, Optional[int]]]:
     """``[(address, opcode, branch target or None)]`` of the cubin's one function."""
     out = []
-    pattern = r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);"
+    pattern = r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);"
     for m in re.finditer(pattern, dump):
         addr, op, rest = int(m.group(1), 16), m.group(2), m.group(3)
         target = None
@@ -183,6 +217,7 @@ def _sass_ops(dump: str) -> List[Tuple[int, str, Optional[int]]]:
 
 # ------------------------------------------------------------------ estimates
 def _loops(sass) -> List[Tuple[int, int]]:
+    """``[(first, last)]`` instruction indices of each loop (a backward branch)."""
     index = {a: i for i, (a, _, _) in enumerate(sass)}
     return [
         (index[t], i)
@@ -191,83 +226,121 @@ def _loops(sass) -> List[Tuple[int, int]]:
     ]
 
 
-def _count(ops) -> Dict[str, int]:
-    c = {"total": 0, "fp32": 0, "mufu": 0}
-    for op in ops:
+def _mma_macs(op: str) -> float:
+    """tf32-equivalent multiply-adds of one warp's tensor-core instruction (a 16-bit
+    multiply-add counts half): ``HMMA.16816`` 2048 (16-bit), ``HMMA.1688`` 1024
+    (tf32), ``HGMMA.64xNxK`` (a warpgroup's, a quarter per warp)."""
+    parts = op.split(".")
+    half = any(p in ("F16", "BF16") for p in parts[2:])
+    if parts[0] == "HMMA":
+        shape = {"16816": 2048, "1688": 1024, "1684": 512, "884": 256}.get(parts[1], 0)
+    elif parts[0] == "HGMMA":
+        m = re.match(r"(\d+)x(\d+)x(\d+)", parts[1])
+        shape = int(m.group(1)) * int(m.group(2)) * int(m.group(3)) // 4 if m else 0
+        half = half or not any(p == "TF32" for p in parts[2:])
+    else:
+        return 0.0
+    return shape * (0.5 if half else 1.0)
+
+
+def _count(ops, weights=None) -> Dict[str, float]:
+    c = {"total": 0.0, "fp32": 0.0, "mufu": 0.0, "tensor_macs": 0.0}
+    for i, op in enumerate(ops):
+        w = 1.0 if weights is None else weights[i]
         base = op.split(".")[0]
-        c["total"] += 1
-        c["fp32"] += base in FP32_OPS
-        c["mufu"] += base == "MUFU"
+        c["total"] += w
+        c["fp32"] += w * (base in FP32_OPS)
+        c["mufu"] += w * (base == "MUFU")
+        c["tensor_macs"] += w * _mma_macs(op)
     return c
 
 
 def _rows(v: K.Variant) -> int:
     ce = dict(v.constexprs)
-    return ce.get("TP") or ce.get("BT") or 1
+    return ce.get("TP") or ce.get("KP") or 1
+
+
+def _psn_forward_weights(v: K.Variant, sass) -> List[float]:
+    """Each instruction's executions per program of the PSN forward: its step-block
+    loop runs ``TP / RB`` times, the chunk loop inside ``TP / KB`` times (loops with
+    one trip are straight code)."""
+    ce = dict(v.constexprs)
+    trips = [n for n in (ce["TP"] // ce["RB"], ce["TP"] // ce["KB"]) if n > 1]
+    loops = sorted(_loops(sass), key=lambda lp: lp[0] - lp[1])  # outermost first
+    depth = [0] * len(sass)
+    for a, b in loops:
+        for i in range(a, b + 1):
+            depth[i] += 1
+    if max(depth, default=0) != len(trips) or len(loops) != len(trips):
+        raise RuntimeError(
+            f"{variant_key(v)}: {len(loops)} loops in the SASS for the trip counts "
+            f"{trips}; update _psn_forward_weights"
+        )
+    weights = []
+    for d in depth:
+        w = 1.0
+        for n in trips[:d]:
+            w *= n
+        weights.append(w)
+    return weights
 
 
 def instructions_per_element(v: K.Variant, sass) -> Dict[str, float]:
-    """Thread-instructions per element of the variant's steady state (see the module
-    docstring)."""
+    """Thread-instructions (and tensor-core multiply-adds) per element of the
+    variant's steady state (see the module docstring)."""
     ce = dict(v.constexprs)
     threads = 32 * v.num_warps
-    elements = ce["BLOCK_M"] * _rows(v)
-    loops = _loops(sass)
+    ops = [op for _, op, _ in sass]
     if v.family == "psn" and not v.backward:
-        body = _count(op for _, op, _ in sass)
-        trips = ce["TP"] // 16 - 1  # the chunk loop's body counts once above
-        for a, b in loops:
-            for k, n in _count(sass[i][1] for i in range(a, b + 1)).items():
-                body[k] += n * trips
+        body = _count(ops, _psn_forward_weights(v, sass))
+        elements = ce["BLOCK_M"] * ce["TP"]
     else:
         loading = [
             lp
-            for lp in loops
-            if any(sass[i][1].startswith("LDG") for i in range(lp[0], lp[1] + 1))
+            for lp in _loops(sass)
+            if any(ops[i].startswith("LDG") for i in range(lp[0], lp[1] + 1))
         ]
         if not loading:
             raise RuntimeError(f"{variant_key(v)}: no loop loads its inputs")
-        a, b = max(loading, key=lambda lp: lp[1] - lp[0])  # fmt: skip
-        body = _count(sass[i][1] for i in range(a, b + 1))
-    return {k: n * threads / elements for k, n in body.items()}
+        a, b = min(loading, key=lambda lp: lp[1] - lp[0])  # the innermost
+        body = _count(ops[a : b + 1])
+        elements = ce["BLOCK_M"] * _rows(v)
+    out = {k: n * threads / elements for k, n in body.items() if k != "tensor_macs"}
+    # a warp's tensor-core instruction multiplies for the whole warp
+    out["tensor_macs"] = body["tensor_macs"] * v.num_warps / elements
+    return out
 
 
 def dram_bytes_per_element(v: K.Variant) -> float:
-    """Forward: read X, write S; backward: read X and grad_S, write grad_X."""
-    return SIZES[v.dtype] * (3 if v.backward else 2)
-
-
-def tensor_macs_per_element(v: K.Variant) -> float:
-    """tf32 multiply-adds per element on the tensor cores (tf32x3: three per product;
-    padded rows included)."""
-    ce = dict(v.constexprs)
-    if v.family == "mpe":
-        return 0.0
-    rows = _rows(v)
-    dots = {"psn": (1, 3), "sliding": (2, 6)}[v.family][int(v.backward)]
-    if v.family == "sliding" and not ce["HAS_PREV"]:
-        dots //= 2
-    return 3.0 * dots * rows
+    """Forward: read X, write S; backward: read X and grad_S, write grad_X (a part of
+    a split backward: what it moves, see :func:`combine_parts`)."""
+    part = dict(v.constexprs).get("PART", 0)
+    units = {0: 3 if v.backward else 2, 1: 3, 2: 2}[part]
+    return SIZES[v.dtype] * units
 
 
 def estimate(v: K.Variant, rec: dict, machine) -> Tuple[float, str, Dict[str, float]]:
+    """The bounds (elements per second) of one record and the smallest as a % of the
+    DRAM bound of the pass (its useful bytes)."""
     name, cc, sms, clock, dram, lanes, macs = machine
     ins = rec["instr_per_elt"]
     per_sm = sms * clock
-    bounds = {"dram": dram / dram_bytes_per_element(v)}
+    useful = SIZES[v.dtype] * (3 if v.backward else 2)
+    bounds = {"dram": dram / rec["dram_bytes_per_elt"]}
     bounds["issue"] = per_sm * 128 / ins["total"]
     if ins["fp32"]:
         bounds["fp32"] = per_sm * lanes / ins["fp32"]
     if ins["mufu"]:
         bounds["mufu"] = per_sm * 16 / ins["mufu"]
-    tm = tensor_macs_per_element(v)
-    if tm:
-        bounds["tensor"] = per_sm * macs / tm
+    if ins.get("tensor_macs"):
+        bounds["tensor"] = per_sm * macs / ins["tensor_macs"]
     limiter = min(bounds, key=bounds.get)
-    return 100.0 * bounds[limiter] / bounds["dram"], limiter, bounds
+    return 100.0 * bounds[limiter] / (dram / useful), limiter, bounds
 
 
-def record(v: K.Variant, arch: int, c: dict) -> dict:
+def record(v: K.Variant, arch: int, c: dict, path: Optional[dict] = None) -> dict:
+    """One variant's record; ``c`` the launched kernel's compile, ``path`` the compile
+    with :data:`PATH` (the instruction count; ``c`` where there is nothing to bind)."""
     block = 32 * v.num_warps
     smem = c["static_smem_bytes"] + c["dynamic_smem_bytes"]
     rec = {
@@ -289,21 +362,67 @@ def record(v: K.Variant, arch: int, c: dict) -> dict:
         "occupancy_h100": O.occupancy(90, block, c["registers"], smem),
         "occupancy_a100": O.occupancy(80, block, c["registers"], smem),
         "dram_bytes_per_elt": dram_bytes_per_element(v),
-        "tensor_macs_per_elt": tensor_macs_per_element(v),
     }
-    rec["instr_per_elt"] = instructions_per_element(v, c["sass"])
+    rec["instr_per_elt"] = instructions_per_element(v, (path or c)["sass"])
+    rec["tensor_macs_per_elt"] = rec["instr_per_elt"]["tensor_macs"]
+    _estimates(v, rec)
+    return rec
+
+
+def _estimates(v: K.Variant, rec: dict) -> None:
     for machine in MACHINES:
         pct, limiter, bounds = estimate(v, rec, machine)
         tag = machine[0].lower()
         rec[f"est_pct_dram_roofline_{tag}"] = round(pct, 1)
         rec[f"limiter_{tag}"] = limiter
-    return rec
+
+
+def combine_parts(records: List[dict]) -> None:
+    """A backward run in two parts is one pass: both part records get the estimate of
+    the pass (both parts' bytes and instructions per element, one after the other)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in records:
+        ce = r["constexprs"]
+        if ce.get("PART", 0):
+            key = (r["kernel"], r["dtype"], r["arch"], ce.get("TP"), ce.get("VEC"))
+            groups.setdefault(key, []).append(r)
+    for parts in groups.values():
+        if len(parts) != 2:
+            continue
+        for r in parts:
+            r["part_instr_per_elt"] = dict(r["instr_per_elt"])
+            r["part_dram_bytes_per_elt"] = r["dram_bytes_per_elt"]
+        ins = {k: sum(p["part_instr_per_elt"][k] for p in parts)
+               for k in parts[0]["instr_per_elt"]}  # fmt: skip
+        for r in parts:
+            r["instr_per_elt"] = ins
+            r["dram_bytes_per_elt"] = sum(p["part_dram_bytes_per_elt"] for p in parts)
+            v = _variant_of(r)
+            for machine in MACHINES:  # time per element adds: combine as a harmonic sum
+                name = machine[0].lower()
+                per = [estimate(_variant_of(p), dict(p, instr_per_elt=p[
+                    "part_instr_per_elt"], dram_bytes_per_elt=p[
+                    "part_dram_bytes_per_elt"]), machine) for p in parts]  # fmt: skip
+                inv = sum(1.0 / min(b.values()) for _, _, b in per)
+                useful = SIZES[v.dtype] * 3
+                r[f"est_pct_dram_roofline_{name}"] = round(
+                    100.0 * (1.0 / inv) / (machine[4] / useful), 1
+                )
+                r[f"limiter_{name}"] = "+".join(lim for _, lim, _ in per)
+
+
+def _variant_of(r: dict) -> K.Variant:
+    for v in K.kernel_variants():
+        if variant_key(v) == r["variant"]:
+            return v
+    raise KeyError(r["variant"])
 
 
 def _compile_one(args) -> dict:
     i, arch = args
     v = K.kernel_variants()[i]
-    return record(v, arch, compile_variant(v, arch))
+    path = compile_variant(v, arch, True) if (v.family, v.backward) in PATH else None
+    return record(v, arch, compile_variant(v, arch), path)
 
 
 def model(jobs: int = 1, archs=ARCHS, families=None) -> List[dict]:
@@ -312,10 +431,13 @@ def model(jobs: int = 1, archs=ARCHS, families=None) -> List[dict]:
     work = [(i, a) for i, v in enumerate(variants) for a in archs
             if not families or v.family in families]  # fmt: skip
     if jobs <= 1:
-        return [_compile_one(w) for w in work]
-    ctx = __import__("multiprocessing").get_context("spawn")
-    with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        return list(pool.map(_compile_one, work, chunksize=4))
+        records = [_compile_one(w) for w in work]
+    else:
+        ctx = __import__("multiprocessing").get_context("spawn")
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            records = list(pool.map(_compile_one, work, chunksize=4))
+    combine_parts(records)
+    return records
 
 
 def table(records: List[dict], arch: str = "sm_90") -> str:
@@ -346,7 +468,7 @@ def table(records: List[dict], arch: str = "sm_90") -> str:
 def occupancy_key(r: dict) -> Tuple[str, str]:
     """``(kernel, constants)`` of a record, the key of :data:`LOW_OCCUPANCY`."""
     ce = r["constexprs"]
-    tags = [f"{k}={ce[k]}" for k in ("TP", "HAS_PREV", "BT", "PART", "CURRENT")
+    tags = [f"{k}={ce[k]}" for k in ("TP", "KP", "PART", "CURRENT")
             if k in ce]  # fmt: skip
     return r["kernel"], ",".join(tags)
 

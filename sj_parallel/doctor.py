@@ -594,8 +594,9 @@ def compile_triton_kernels(arch: str = DEFAULT_ARCH) -> Dict[str, Any]:
             src = ASTSource(
                 fn=v.kernel, signature=K.signature(v), constexprs=dict(v.constexprs)
             )
-            opts = {"num_warps": v.num_warps, "num_stages": 1}
-            triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options=opts)
+            triton.compile(
+                src, target=GPUTarget("cuda", int(arch), 32), options=v.options
+            )
             row["ok"] = True
         except Exception as e:
             row["log"] = _err(e)[-2000:]

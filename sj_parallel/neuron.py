@@ -26,7 +26,7 @@ import torch.nn as nn
 from . import functional as F
 from . import reference as ref
 from ._compat import MemoryModule, default_surrogate, mpe_default_surrogate
-from .backends import BACKENDS, check_backend_available, check_backend_name
+from .backends import BACKENDS, check_backend_name, get_backend
 from .backends.torch_backend import check_memory, compute_dtype
 
 __all__ = ["ParallelNeuron", "PSN", "MaskedPSN", "SlidingPSN", "MPEPSN"]
@@ -135,7 +135,7 @@ class ParallelNeuron(MemoryModule):
     @backend.setter
     def backend(self, value: str) -> None:
         check_backend_name(value)
-        check_backend_available(value)
+        get_backend(value)  # checks that it can run here, and loads it
         self._backend = value
 
     def supported_step_mode(self) -> Tuple[str, ...]:

@@ -475,3 +475,38 @@ def test_keeps_only_what_the_lean_policy_keeps(make):
         saved[backend] = (sum(sizes), big)
     assert saved["triton"][1] == [T * N * C * 4]  # X, once
     assert saved["triton"][0] <= saved["torch"][0]
+
+
+@pytest.mark.skipif(not _HAVE_TRITON, reason="needs Triton")
+def test_every_launch_is_a_listed_variant():
+    """What the launcher can build for any ``T``/``k``, dtype, part and ``VEC`` (1, or
+    the one :func:`vec_width` gives for that size) is among
+    :func:`sj_parallel.triton.kernel_variants`, which the static checks compile: no
+    variant reaches a GPU unchecked."""
+    from sj_parallel import triton as K
+
+    listed = {(v.family, v.backward, v.dtype, v.constexprs, v.num_warps)
+              for v in K.kernel_variants()}  # fmt: skip
+
+    def check(family, backward, dtype, const=0, current=False, part=0):
+        vw = K.vec_width(family, backward, dtype, const)
+        for vec in {1, vw}:
+            ce, opts = K.launch_params(family, backward, const, current, "tf32x3",
+                                       part, dtype, vec)  # fmt: skip
+            key = (family, backward, dtype, tuple(ce.items()), opts["num_warps"])
+            assert key in listed, key
+
+    for dtype in K.DTYPES:
+        for T in range(1, K.PSN_MAX_T + 1):
+            check("psn", False, dtype, T)
+            for part in K.backward_parts("psn", T, dtype):
+                check("psn", True, dtype, T, part=part)
+        for k in range(1, K.SLIDING_MAX_K + 1):
+            check("sliding", False, dtype, k)
+            check("sliding", True, dtype, k)
+        for current in (False, True):
+            check("mpe", False, dtype, current=current)
+            check("mpe", True, dtype, current=current)
+    # the steps-as-rows backward has no vector IO; the neuron-row one does
+    assert K.vec_width("psn", True, torch.float32, 64) == 1
+    assert K.vec_width("psn", True, torch.float32, 16) == 4

@@ -96,7 +96,7 @@ def _dev(*ts):
 # ----------------------------------------------------------------------------- PSN
 PSN_CASES = pairwise(
     T=[1, 4, 5, 16, 17, 33, 64],
-    M=[1, 7, 130],
+    M=[1, 7, 136],  # 136: vector IO (a multiple of 8) and several programs
     dtype=DTYPES,
     sg=list(SURROGATES),
     masked=[False, True],
@@ -142,13 +142,21 @@ def test_psn(case):
 
 
 # --------------------------------------------------------------------- sliding PSN
+# k covers every window ring (2, 4, 8, 16; 32 below) and ring edges; T runs past
+# several ring blocks and ends inside one
 SLIDING_CASES = pairwise(
-    T=[1, 5, 16, 17, 33, 64, 70],
-    k=[1, 2, 5, 16, 17, 18, 20, 32],
-    M=[1, 7, 130],
+    T=[1, 5, 16, 17, 33, 70],
+    k=[1, 2, 3, 5, 8, 9, 16, 17],
+    M=[1, 7, 136],  # 136: vector IO (a multiple of 4) and several programs
     dtype=DTYPES,
     sg=list(SURROGATES),
 )
+# the longest rings (slow in the interpreter: a few cases)
+SLIDING_CASES += [
+    dict(T=70, k=32, M=7, dtype=torch.float32, sg="ATan"),
+    dict(T=40, k=20, M=3, dtype=torch.bfloat16, sg="Sigmoid"),
+    dict(T=66, k=25, M=2, dtype=torch.float16, sg="PiecewiseQuadratic"),
+]
 
 
 @pytest.mark.parametrize("case", SLIDING_CASES, ids=case_id)

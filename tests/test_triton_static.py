@@ -1,7 +1,8 @@
 """Static checks of the Triton kernels without a GPU (benchmarks/triton_model.py):
 every variant the triton backend can launch (:func:`sj_parallel.triton.kernel_variants`,
-54 kernels) compiled by ``triton.compile`` for sm_80 and sm_90 with the launcher's own
-constants, argument types and warps, read back with the ``cuobjdump`` Triton ships.
+101 kernels, most with a vector-IO twin) compiled by ``triton.compile`` for sm_80 and
+sm_90 with the launcher's own constants, argument types and warps, read back with the
+``cuobjdump`` Triton ships.
 
 * no stack frame (where ptxas puts spilled registers) and no local memory, on both
   architectures;
@@ -69,7 +70,7 @@ def test_every_variant_compiled_for_both_archs(records):
     from sj_parallel import triton as K
 
     n = len(K.kernel_variants())
-    assert n == 54
+    assert n == 101
     assert len(records) == 2 * n
     assert {r["arch"] for r in records} == {"sm_80", "sm_90"}
     kernels = {r["kernel"] for r in records}

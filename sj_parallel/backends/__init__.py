@@ -505,16 +505,23 @@ def get_backend(name: str, x: torch.Tensor | None = None) -> ModuleType:
     While torch.compile traces, a backend module already imported is returned as it
     is: its availability was checked when the backend was assigned (and the ops check
     their inputs themselves)."""
-    spec = REGISTRY.get(name)
-    if spec is not None and _compiling() and spec.module in sys.modules:
-        return sys.modules[spec.module]
+    if _compiling() and name in _LOADED:
+        # (our own small table: Dynamo guards on what it reads, and sys.modules
+        # changes size whenever anything is imported meanwhile)
+        return _LOADED[name]
     check_backend_available(name)
     spec = REGISTRY[name]
     if x is not None and spec.check_tensor is not None:
         spec.check_tensor(x)
     try:
-        return importlib.import_module(spec.module)
+        module = importlib.import_module(spec.module)
     except ModuleNotFoundError as e:
         if e.name != spec.module:
             raise
         raise ImportError(f"this build of sj_parallel has no {name!r} backend") from e
+    _LOADED[name] = module
+    return module
+
+
+#: The backend modules :func:`get_backend` has returned, by name.
+_LOADED: Dict[str, ModuleType] = {}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -68,8 +68,22 @@ def _op(name: str):
     return torch.library.custom_op(name, mutates_args=())
 
 
-def _launch(kernel):
-    return torch.library.wrap_triton(kernel) if USE_TRITON_OP else kernel
+def _launch(kernel, grid, *args, options: Dict[str, int], **constexprs) -> None:
+    """Launch ``kernel`` on ``grid`` with its constants and launch options (see
+    :attr:`sj_parallel.triton.Variant.options`)."""
+    if USE_TRITON_OP:
+        kernel = torch.library.wrap_triton(kernel)
+    kernel[grid](*args, **constexprs, **options)
+
+
+def _vec(vw: int, M: int, *tensors: Optional[Tensor]) -> int:
+    """``vw`` (vector IO) when ``M`` is a multiple of it and every tensor is aligned to
+    ``vw`` of its elements, else 1."""
+    if vw > 1 and M % vw == 0:
+        if all(t is None or t.data_ptr() % (vw * t.element_size()) == 0
+               for t in tensors):  # fmt: skip
+            return vw
+    return 1
 
 
 @functools.cache
@@ -97,6 +111,15 @@ def _cdiv(a: int, b: int) -> int:
 
 def _f32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
+
+
+def _padded(weight: Tensor, bias: Tensor, T: int) -> Tuple[Tensor, Tensor]:
+    """PSN's ``W`` and ``b`` as float32, zero-padded to ``[TP, TP]`` and ``[TP]`` (the
+    kernels read them without masks, 16 bytes at a time)."""
+    pad = K.padded_t(T) - T
+    w = torch.nn.functional.pad(weight.detach().to(torch.float32), (0, pad, 0, pad))
+    b = torch.nn.functional.pad(bias.detach().to(torch.float32).reshape(T), (0, pad))
+    return w.contiguous(), b.contiguous()
 
 
 def _i32(v: int) -> int:
@@ -130,11 +153,12 @@ def _check(x: Tensor, name: str) -> Tensor:
 def _psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     s = torch.empty_like(x)
-    ce, warps = K.launch_params("psn", False, T, precision=PRECISION)
+    w, b = _padded(weight, bias, T)
+    vec = _vec(K.vec_width("psn", False, x.dtype, T), M, x, s)
+    ce, opts = K.launch_params("psn", False, T, precision=PRECISION, dtype=x.dtype,
+                               vec=vec)  # fmt: skip
     grid = (_cdiv(M, ce["BLOCK_M"]),)
-    _launch(K.psn.psn_forward_kernel)[grid](
-        x, _f32(weight), _f32(bias), s, M, T, **ce, num_warps=warps, num_stages=1
-    )
+    _launch(K.psn.psn_forward_kernel, grid, x, w, b, s, M, T, options=opts, **ce)
     return s
 
 
@@ -142,9 +166,11 @@ def _psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     gx = torch.empty_like(x)
     grad_s = grad_s.to(x.dtype).contiguous()
-    w32, b32 = _f32(weight), _f32(bias)
-    for part in K.backward_parts("psn", T):  # one kernel, or grad_X then grad_W
-        ce, warps = K.launch_params("psn", True, T, precision=PRECISION, part=part)
+    w32, b32 = _padded(weight, bias, T)
+    vec = _vec(K.vec_width("psn", True, x.dtype, T), M, x, grad_s, gx)
+    for part in K.backward_parts("psn", T, x.dtype):  # one kernel, or grad_X, grad_W
+        ce, opts = K.launch_params("psn", True, T, precision=PRECISION, part=part,
+                                   dtype=x.dtype, vec=vec)  # fmt: skip
         tp, tiles = ce["TP"], _cdiv(M, ce["BLOCK_M"])
         G = programs(x.device, tiles)
         if part != 1:
@@ -152,9 +178,9 @@ def _psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
             gb_part = torch.empty(G, tp, dtype=torch.float32, device=x.device)
         else:  # not written
             gw_part = gb_part = torch.empty(0, dtype=torch.float32, device=x.device)
-        _launch(K.psn.psn_backward_kernel)[(G,)](
-            x, grad_s, w32, b32, gx, gw_part, gb_part, M, T, tiles, sg_kind, sg_a,
-            sg_c, sg_d, **ce, num_warps=warps, num_stages=1,
+        _launch(
+            K.psn.psn_backward_kernel, (G,), x, grad_s, w32, b32, gx, gw_part,
+            gb_part, M, T, tiles, sg_kind, sg_a, sg_c, sg_d, options=opts, **ce,
         )  # fmt: skip
     # the second, ordered pass over the per-program partials (deterministic)
     gw = gw_part.sum(0)[:T, :T].to(weight.dtype, copy=True)
@@ -167,11 +193,12 @@ def _sliding_psn_forward(x, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     T, M = x.shape
     k = weight.shape[0]
     s = torch.empty_like(x)
-    ce, warps = K.launch_params("sliding", False, k, precision=PRECISION)
+    vec = _vec(K.vec_width("sliding", False, x.dtype, k), M, x, s)
+    ce, opts = K.launch_params("sliding", False, k, dtype=x.dtype, vec=vec)
     grid = (_cdiv(M, ce["BLOCK_M"]),)
-    _launch(K.sliding_psn.sliding_forward_kernel)[grid](
-        x, _f32(weight), _f32(bias).reshape(1), s, M, T, k, **ce, num_warps=warps,
-        num_stages=1,
+    _launch(
+        K.sliding_psn.sliding_forward_kernel, grid, x, _f32(weight),
+        _f32(bias).reshape(1), s, M, T, k, options=opts, **ce,
     )  # fmt: skip
     return s
 
@@ -182,16 +209,15 @@ def _sliding_psn_backward(x, grad_s, weight, bias, sg_kind, sg_a, sg_c, sg_d):
     gx = torch.empty_like(x)
     gs = grad_s.to(x.dtype).contiguous()
     w32, b32 = _f32(weight), _f32(bias).reshape(1)
-    for p in K.backward_parts("sliding", k):  # one kernel, or grad_X then grad_w
-        ce, warps = K.launch_params("sliding", True, k, precision=PRECISION, part=p)
-        tiles = _cdiv(M, ce["BLOCK_M"])
-        G = programs(x.device, tiles)
-        rows = 0 if p == 1 else G  # (the grad_X part writes no partials)
-        part = torch.empty(rows, k + 1, dtype=torch.float32, device=x.device)
-        _launch(K.sliding_psn.sliding_backward_kernel)[(G,)](
-            x, gs, w32, b32, gx, part, M, T, k, tiles, sg_kind, sg_a, sg_c, sg_d,
-            **ce, num_warps=warps, num_stages=1,
-        )  # fmt: skip
+    vec = _vec(K.vec_width("sliding", True, x.dtype, k), M, x, gs, gx)
+    ce, opts = K.launch_params("sliding", True, k, dtype=x.dtype, vec=vec)
+    tiles = _cdiv(M, ce["BLOCK_M"])
+    G = programs(x.device, tiles)
+    part = torch.empty(G, k + 1, dtype=torch.float32, device=x.device)
+    _launch(
+        K.sliding_psn.sliding_backward_kernel, (G,), x, gs, w32, b32, gx, part, M, T,
+        k, tiles, sg_kind, sg_a, sg_c, sg_d, options=opts, **ce,
+    )  # fmt: skip
     total = part.sum(0)  # the second, ordered pass (deterministic)
     gw = total[:k].to(weight.dtype, copy=True)  # outputs may not alias each other
     gb = total[k].reshape(bias.shape).to(bias.dtype, copy=True)
@@ -213,17 +239,20 @@ def _mpe_psn_forward(x, v_threshold, u_hat0, u0, tau, current_wiring, stochastic
     s = torch.empty_like(x)
     uhl = torch.empty(M, dtype=x.dtype, device=x.device)
     ul = torch.empty(M, dtype=x.dtype, device=x.device)
-    ce, warps = K.launch_params("mpe", False, current=current_wiring)
-    G = _cdiv(M, ce["BLOCK_M"])
-    err = torch.empty(G if need_mse else 1, T, dtype=torch.float32, device=x.device)
     uh0 = None if u_hat0 is None else u_hat0.to(x.dtype).contiguous()
     u0c = None if u0 is None else u0.to(x.dtype).contiguous()
+    vec = _vec(K.vec_width("mpe", False, x.dtype), M, x, s, uhl, ul, uh0, u0c)
+    ce, opts = K.launch_params("mpe", False, current=current_wiring, dtype=x.dtype,
+                               vec=vec)  # fmt: skip
+    G = _cdiv(M, ce["BLOCK_M"])
+    err = torch.empty(G if need_mse else 1, T, dtype=torch.float32, device=x.device)
     t0_hi, t0_lo = _t0_words(t0)
-    _launch(K.mpe_psn.mpe_forward_kernel)[(G,)](
-        x, x if uh0 is None else uh0, x if u0c is None else u0c, s, uhl, ul, err,
-        _f32(v_threshold).reshape(1), M, T, tau, _i32(seed_lo), _i32(seed_hi), t0_hi,
-        t0_lo, int(stochastic), int(need_mse), int(uh0 is not None),
-        int(u0c is not None), **ce, num_warps=warps, num_stages=1,
+    _launch(
+        K.mpe_psn.mpe_forward_kernel, (G,), x, x if uh0 is None else uh0,
+        x if u0c is None else u0c, s, uhl, ul, err, _f32(v_threshold).reshape(1), M,
+        T, tau, _i32(seed_lo), _i32(seed_hi), t0_hi, t0_lo, int(stochastic),
+        int(need_mse), int(uh0 is not None), int(u0c is not None), options=opts,
+        **ce,
     )  # fmt: skip
     if need_mse:  # the second, ordered pass over the per-program sums (deterministic)
         mse = err.sum(0) / M
@@ -246,22 +275,24 @@ def _mpe_psn_backward(x, samples, v_threshold, u_hat0, u0, grad_s, grad_mse, gra
     guhl, gul = opt(grad_uhl, x.dtype), opt(grad_ul, x.dtype)
     # d mse_t / d e = 2 e / M, folded into the incoming gradient
     gm = None if grad_mse is None else grad_mse.to(torch.float32) * (2.0 / M)
-    ce, warps = K.launch_params("mpe", True, current=current_wiring)
+    gs = torch.zeros_like(x) if grad_s is None else grad_s.to(x.dtype).contiguous()
+    vec = _vec(K.vec_width("mpe", True, x.dtype), M, x, gs, gx, guh0, gu0, uh0, u0c,
+               guhl, gul)  # fmt: skip
+    ce, opts = K.launch_params("mpe", True, current=current_wiring, dtype=x.dtype,
+                               vec=vec)  # fmt: skip
     G = _cdiv(M, ce["BLOCK_M"])
     gv_part = torch.empty(G, dtype=torch.float32, device=x.device)
     t0_hi, t0_lo = _t0_words(t0)
     # the kernel writes the gradient of the state its wiring reads; the other is 0
     (gu0 if not current_wiring else guh0).zero_()
-    _launch(K.mpe_psn.mpe_backward_kernel)[(G,)](
-        x, x if uh0 is None else uh0, x if u0c is None else u0c,
-        torch.zeros_like(x) if grad_s is None else grad_s.to(x.dtype).contiguous(),
-        gv_part if gm is None else gm,
+    _launch(
+        K.mpe_psn.mpe_backward_kernel, (G,), x, x if uh0 is None else uh0,
+        x if u0c is None else u0c, gs, gv_part if gm is None else gm,
         x if guhl is None else guhl, x if gul is None else gul, gx, guh0, gu0,
         gv_part, _f32(v_threshold).reshape(1), M, T, tau, _i32(seed_lo),
         _i32(seed_hi), t0_hi, t0_lo, sg_kind, sg_a, sg_c, sg_d, int(stochastic),
         int(gm is not None), int(uh0 is not None), int(u0c is not None),
-        int(guhl is not None), int(gul is not None), **ce, num_warps=warps,
-        num_stages=1,
+        int(guhl is not None), int(gul is not None), options=opts, **ce,
     )  # fmt: skip
     gv = gv_part.sum()  # the second, ordered pass (deterministic)
     return gx, gv.reshape(v_threshold.shape).to(v_threshold.dtype), guh0, gu0

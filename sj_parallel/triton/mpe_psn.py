@@ -35,11 +35,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import hash_bits, hash_key, sigmoid_rn, surrogate_grad
+from .common import aligned_m, hash_bits, hash_key, io_hint, sigmoid_rn, surrogate_grad
 
 __all__ = ["mpe_forward_kernel", "mpe_backward_kernel"]
 
 _INTS = ["M", "T", "seed_lo", "seed_hi", "t0_hi", "t0_lo"]
+_FWD_PTRS = ["x_ptr", "uh0_ptr", "u0_ptr", "s_ptr", "uhl_ptr", "ul_ptr", "err_ptr",
+             "v_ptr"]  # fmt: skip
+_BWD_PTRS = ["x_ptr", "uh0_ptr", "u0_ptr", "gs_ptr", "gm_ptr", "guhl_ptr", "gul_ptr",
+             "gx_ptr", "guh0_ptr", "gu0_ptr", "gv_ptr", "v_ptr"]  # fmt: skip
 
 
 @triton.jit
@@ -67,7 +71,10 @@ def _seeds(seed_lo, seed_hi, t0_hi, t0_lo):
     return seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True), t0
 
 
-@triton.jit(do_not_specialize=_INTS + ["stochastic", "need_mse", "has_uh0", "has_u0"])
+@triton.jit(
+    do_not_specialize=_INTS + ["stochastic", "need_mse", "has_uh0", "has_u0"],
+    do_not_specialize_on_alignment=_FWD_PTRS,
+)
 def mpe_forward_kernel(
     x_ptr,  # [T, M]
     uh0_ptr,  # [M] û_{-1} (has_uh0), X's dtype
@@ -90,8 +97,10 @@ def mpe_forward_kernel(
     has_u0,
     CURRENT: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    M = aligned_m(M, VEC)
     c0 = pid * BLOCK_M
     cols = c0 + tl.arange(0, BLOCK_M)
     cmask = cols < M
@@ -100,12 +109,16 @@ def mpe_forward_kernel(
     uh_prev = tl.zeros([BLOCK_M], dtype=tl.float32)
     u_prev = tl.zeros([BLOCK_M], dtype=tl.float32)
     if has_uh0:
-        uh_prev = tl.load(uh0_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        uh_prev = tl.load(io_hint(uh0_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     if has_u0:
-        u_prev = tl.load(u0_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        u_prev = tl.load(io_hint(u0_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     for t in range(0, T):
         offs = t * M.to(tl.int64) + cols
-        x = tl.load(x_ptr + offs, mask=cmask, other=0.0).to(tl.float32)
+        x = tl.load(io_hint(x_ptr, offs, VEC, -1), mask=cmask, other=0.0).to(tl.float32)
         uh, _ = _estimate(x, t, cols, c0, M, t0, slo, shi, stochastic)
         coupled = t0 + t > 0  # the current wiring's c_t
         if CURRENT:
@@ -114,7 +127,9 @@ def mpe_forward_kernel(
             h = x + tau * uh_prev
         o = tl.where(h - v >= 0.0, 1.0, 0.0)
         u = h - o * h
-        tl.store(s_ptr + offs, o.to(s_ptr.dtype.element_ty), mask=cmask)
+        tl.store(
+            io_hint(s_ptr, offs, VEC, -1), o.to(s_ptr.dtype.element_ty), mask=cmask
+        )
         if need_mse:
             if CURRENT:
                 e = tl.where(coupled, uh - u_prev, 0.0)
@@ -124,8 +139,14 @@ def mpe_forward_kernel(
             tl.store(err_ptr + pid * T + t, tl.sum(e * e, axis=0))
         uh_prev = uh
         u_prev = u
-    tl.store(uhl_ptr + cols, uh_prev.to(uhl_ptr.dtype.element_ty), mask=cmask)
-    tl.store(ul_ptr + cols, u_prev.to(ul_ptr.dtype.element_ty), mask=cmask)
+    tl.store(
+        io_hint(uhl_ptr, cols, VEC, -1),
+        uh_prev.to(uhl_ptr.dtype.element_ty),
+        mask=cmask,
+    )
+    tl.store(
+        io_hint(ul_ptr, cols, VEC, -1), u_prev.to(ul_ptr.dtype.element_ty), mask=cmask
+    )
 
 
 @triton.jit
@@ -145,7 +166,8 @@ def _step(
 
 @triton.jit(
     do_not_specialize=_INTS
-    + ["sg_kind", "stochastic", "need_mse", "has_uh0", "has_u0", "has_guhl", "has_gul"]
+    + ["sg_kind", "stochastic", "need_mse", "has_uh0", "has_u0", "has_guhl", "has_gul"],
+    do_not_specialize_on_alignment=_BWD_PTRS,
 )
 def mpe_backward_kernel(
     x_ptr,  # [T, M]
@@ -179,8 +201,10 @@ def mpe_backward_kernel(
     has_gul,
     CURRENT: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    M = aligned_m(M, VEC)
     c0 = pid * BLOCK_M
     cols = c0 + tl.arange(0, BLOCK_M)
     cmask = cols < M
@@ -191,12 +215,18 @@ def mpe_backward_kernel(
     uh_init = zero
     u_init = zero
     if has_uh0:
-        uh_init = tl.load(uh0_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        uh_init = tl.load(io_hint(uh0_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     if has_u0:
-        u_init = tl.load(u0_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        u_init = tl.load(io_hint(u0_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     # step T - 1 and the one before it
     t = T - 1
-    x = tl.load(x_ptr + t * M.to(tl.int64) + cols, mask=cmask, other=0.0)
+    x = tl.load(
+        io_hint(x_ptr, t * M.to(tl.int64) + cols, VEC, -1), mask=cmask, other=0.0
+    )
     x = x.to(tl.float32)
     x_prev = zero
     uh_prev = uh_init
@@ -205,7 +235,11 @@ def mpe_backward_kernel(
     o_prev = zero
     u_prev = u_init
     if t > 0:
-        x_prev = tl.load(x_ptr + (t - 1) * M.to(tl.int64) + cols, mask=cmask, other=0.0)
+        x_prev = tl.load(
+            io_hint(x_ptr, (t - 1) * M.to(tl.int64) + cols, VEC, -1),
+            mask=cmask,
+            other=0.0,
+        )
         x_prev = x_prev.to(tl.float32)
         uh_prev, q_prev, h_prev, o_prev, u_prev = _step(
             x_prev, t - 1, cols, c0, M, t0, slo, shi, stochastic, tau, v, zero, CURRENT
@@ -217,11 +251,15 @@ def mpe_backward_kernel(
     gh_next = zero  # grad_h_{t+1} (the previous wiring's path to û_t)
     gv = zero
     if has_gul:
-        adj_last = tl.load(gul_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        adj_last = tl.load(io_hint(gul_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     else:
         adj_last = zero
     if has_guhl:
-        guh_last = tl.load(guhl_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        guh_last = tl.load(io_hint(guhl_ptr, cols, VEC, -1), mask=cmask, other=0.0).to(
+            tl.float32
+        )
     else:
         guh_last = zero
     for i in range(0, T):
@@ -229,8 +267,9 @@ def mpe_backward_kernel(
         if t > 0:  # the quantities of step t - 1 (step t's were computed before)
             if i > 0:
                 x_prev = tl.load(
-                    x_ptr + (t - 1) * M.to(tl.int64) + cols, mask=cmask, other=0.0
-                ).to(tl.float32)
+                    io_hint(x_ptr, (t - 1) * M.to(tl.int64) + cols, VEC, -1),
+                    mask=cmask, other=0.0,
+                ).to(tl.float32)  # fmt: skip
                 # the previous wiring's h_{t-1} needs û_{t-2}: recomputed next step
                 uh_prev, q_prev, h_prev, o_prev, u_prev = _step(
                     x_prev, t - 1, cols, c0, M, t0, slo, shi, stochastic, tau, v, zero,
@@ -259,7 +298,9 @@ def mpe_backward_kernel(
             adj = -ge
         if i == 0:
             adj += adj_last
-        gs = tl.load(gs_ptr + t * M.to(tl.int64) + cols, mask=cmask, other=0.0)
+        gs = tl.load(
+            io_hint(gs_ptr, t * M.to(tl.int64) + cols, VEC, -1), mask=cmask, other=0.0
+        )
         q_h = gs.to(tl.float32) - adj * h
         gh = surrogate_grad(h - v, sg_kind, sg_a, sg_c, sg_d) * q_h
         gv -= tl.where(cmask, gh, 0.0)
@@ -276,8 +317,8 @@ def mpe_backward_kernel(
             gx = gh + (guh - guh * q)
         else:  # dû/dx = (1 - p) - p (1 - p) x = (1 - p)(1 - p x)
             gx = gh + guh * ((1.0 - q) * (1.0 - q * x))
-        tl.store(gx_ptr + t * M.to(tl.int64) + cols, gx.to(gx_ptr.dtype.element_ty),
-                 mask=cmask)  # fmt: skip
+        pgx = io_hint(gx_ptr, t * M.to(tl.int64) + cols, VEC, -1)
+        tl.store(pgx, gx.to(gx_ptr.dtype.element_ty), mask=cmask)
         if CURRENT:
             adj_next = -ge
         gh_next = gh
@@ -289,7 +330,7 @@ def mpe_backward_kernel(
         o = o_prev
         u = u_prev
     if CURRENT:  # u_{-1} feeds e_0 (when t0 > 0)
-        tl.store(gu0_ptr + cols, adj_next, mask=cmask)
+        tl.store(io_hint(gu0_ptr, cols, VEC, -1), adj_next, mask=cmask)
     else:  # û_{-1} feeds h_0
-        tl.store(guh0_ptr + cols, tau * gh_next, mask=cmask)
+        tl.store(io_hint(guh0_ptr, cols, VEC, -1), tau * gh_next, mask=cmask)
     tl.store(gv_ptr + pid, tl.sum(gv, axis=0))

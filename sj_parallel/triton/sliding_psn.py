@@ -2,44 +2,43 @@ r"""Sliding PSN in Triton: ``k`` shared weights over a window of past steps.
 
 .. math::
 
-    H[t] = \sum_{i=0}^{k-1} w_i X[t-k+1+i] + b, \qquad S = \Theta(H)
+    H[t] = \sum_{i=0}^{k-1} w_i X[t-k+1+i] + b
+         = \sum_{d=0}^{k-1} v_d X[t-d] + b, \quad v_d = w_{k-1-d},
+    \qquad S = \Theta(H)
 
-(zero history before ``t = 0``), for any sequence length ``T``. ``X``, ``S`` and the
-gradients are ``[T, M]`` time-major, ``w`` ``[k]`` and ``b`` ``[1]`` float32,
-``k <= 32``.
+(zero history before ``t = 0``), for any sequence length ``T`` and ``k <= 32``. ``X``,
+``S`` and the gradients are ``[T, M]`` time-major, ``w`` ``[k]`` and ``b`` ``[1]``
+float32.
 
-Time is cut into tiles of ``BT`` steps (16 or 32, at least ``k - 1``), so the
-window of a tile's steps reaches back at most one tile: with ``X_j`` the ``[BT,
-BLOCK_M]`` tile ``j``,
+A direct window, as the CUDA kernels compute it: each thread owns ``E`` neighbouring
+neurons (``BLOCK_M = E * 32 * num_warps`` per program) and walks time, keeping the last
+``KP`` inputs of its neurons in registers (``KP``, the ring length, is ``k`` rounded up
+to a power of two >= 2; taps ``d >= k`` have ``v_d = 0``). Time runs in blocks of
+``KP`` steps unrolled at compile time, so step ``t0 + j`` of a block finds ``X[t - d]``
+in ring slot ``(j - d) mod KP``: no register moves, ``KP`` multiply-adds per step and
+element, one load and one store.
 
-.. math::
-
-    H_j = A X_j + B X_{j-1} + b, \qquad
-    A[r][c] = w_{k-1-(r-c)}, \quad B[r][c] = w_{k-1-(r+BT-c)}
-
-(zero outside the band): two ``[BT, BT] x [BT, BLOCK_M]`` ``tl.dot`` per tile, the
-banded Toeplitz matrices built once per program from ``w``.
-
-Forward (:func:`sliding_forward_kernel`): program ``i`` owns ``BLOCK_M`` columns and
-walks its tiles forward, carrying ``X_{j-1}`` in registers: ``X`` is read once and
-``S`` written once.
+Forward (:func:`sliding_forward_kernel`): program ``i`` owns ``BLOCK_M`` neurons and
+walks time forward; ``X`` is read once and ``S`` written once.
 
 Backward (:func:`sliding_backward_kernel`): ``G`` programs (a fixed number per device)
-walk the column blocks ``i, i + G, ...``, each block's tiles backward, carrying
-``X_j`` and ``GH_{j+1}``:
+walk the neuron tiles ``i, i + G, ...``, each tile's time backward, with two rings:
+the inputs ``X[t], .., X[t - KP + 1]`` (refilled with ``X[t - KP]`` after each step)
+and the gradients ``GH[t], .., GH[t + KP - 1]`` of the potentials:
 
 .. math::
 
-    GH_j = \mathrm{grad\_S}_j \cdot \Theta'(H_j), \quad
-    \mathrm{grad\_X}_j = A^T GH_j + B^T GH_{j+1}, \quad
-    C_A \mathrel{+}= GH_j X_j^T, \quad C_B \mathrel{+}= GH_j X_{j-1}^T
+    H[t] = \sum_d v_d X[t-d] + b, \quad GH[t] = \mathrm{grad\_S}[t] \, \Theta'(H[t]),
+    \quad \mathrm{grad\_X}[t] = \sum_d v_d\, GH[t+d], \\
+    \mathrm{grad\_w}_{k-1-d} \mathrel{+}= GH[t] X[t-d], \quad
+    \mathrm{grad\_b} \mathrel{+}= GH[t]
 
-At the end each program sums the diagonals of ``C_A``/``C_B`` into its partial of
-``grad_w`` (``grad_w[k-1-d]`` collects the entries with ``r - c = d`` of ``C_A`` and
-``r + BT - c = d`` of ``C_B``) and ``grad_b``; the launcher sums the partials in a
-fixed order (deterministic, no atomics). ``X`` and ``grad_S`` are read once,
-``grad_X`` written once. With ``BT = 32`` one such kernel would spill registers, so the
-launcher runs it twice (``PART`` 1: ``grad_X``, ``PART`` 2: the weight gradients).
+(``GH = 0`` past the last step: the padded steps of the first, partial block load a
+zero ``grad_S``). The ``KP`` tap sums and the bias sum stay in registers; at the end
+each program adds its neurons' sums (a fixed-order tree) into its own row of partials
+and the launcher sums the rows in a fixed order (deterministic, no atomics). ``X`` and
+``grad_S`` are read once (plus the ``KP - 1`` steps before each tile's last block) and
+``grad_X`` written once.
 """
 
 from __future__ import annotations
@@ -47,59 +46,72 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import surrogate_grad
+from .common import aligned_m, io_hint, surrogate_grad
 
 __all__ = ["sliding_forward_kernel", "sliding_backward_kernel"]
 
 
 @triton.jit
-def _band(w_ptr, K, BT: tl.constexpr, PREV: tl.constexpr):
-    """The ``[BT, BT]`` band of the tile (``PREV=False``, ``A``) or of the previous
-    tile (``True``, ``B``); ``d`` is the step distance ``t - s`` of each entry."""
-    r = tl.arange(0, BT)
-    d = r[:, None] - r[None, :]
-    if PREV:
-        d += BT
-    return tl.load(w_ptr + (K - 1 - d), mask=(d >= 0) & (d <= K - 1), other=0.0), d
+def _taps(w_ptr, K, KP: tl.constexpr):
+    """``(v_0, .., v_{KP-1})``: ``v_d = w[K - 1 - d]`` for ``d < K``, else 0."""
+    v = ()
+    for d in tl.static_range(KP):
+        v = v + (tl.load(w_ptr + (K - 1 - d), mask=d < K, other=0.0),)
+    return v
 
 
-@triton.jit(do_not_specialize=["M", "T", "K"])
+@triton.jit
+def _put(ring, i: tl.constexpr, value):
+    """The tuple ``ring`` with slot ``i`` replaced by ``value``."""
+    return ring[:i] + (value,) + ring[i + 1 :]
+
+
+@triton.jit(
+    do_not_specialize=["M", "T", "K"],
+    do_not_specialize_on_alignment=["x_ptr", "w_ptr", "b_ptr", "s_ptr"],
+)
 def sliding_forward_kernel(
     x_ptr,  # [T, M]
-    w_ptr,  # [K] float32 (K <= BT + 1; HAS_PREV: K > 1)
+    w_ptr,  # [K] float32
     b_ptr,  # [1] float32
     s_ptr,  # [T, M], X's dtype
     M,
     T,
     K,
-    HAS_PREV: tl.constexpr,
-    BT: tl.constexpr,
+    KP: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    PRECISION: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    M = aligned_m(M, VEC)
     cols = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cmask = cols < M
-    r = tl.arange(0, BT)
-    A, _ = _band(w_ptr, K, BT, False)
-    B, _ = _band(w_ptr, K, BT, True)
+    v = _taps(w_ptr, K, KP)
     bias = tl.load(b_ptr)
-    x_prev = tl.zeros([BT, BLOCK_M], dtype=tl.float32)
-    for t0 in range(0, T, BT):
-        rows = t0 + r
-        offs = rows[:, None].to(tl.int64) * M + cols[None, :]
-        mask = (rows < T)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        h = tl.dot(A, x, input_precision=PRECISION)
-        if HAS_PREV:
-            h = tl.dot(B, x_prev, acc=h, input_precision=PRECISION)
-        h += bias
-        s = tl.where(h >= 0.0, 1.0, 0.0)
-        tl.store(s_ptr + offs, s.to(s_ptr.dtype.element_ty), mask=mask)
-        x_prev = x
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ring = (zero,) * KP
+    xrow = x_ptr  # row t0 + j
+    srow = s_ptr
+    for t0 in range(0, T, KP):
+        for j in tl.static_range(KP):
+            live = cmask & (t0 + j < T)
+            x = tl.load(io_hint(xrow, cols, VEC, -1), mask=live, other=0.0)
+            x = x.to(tl.float32)
+            ring = _put(ring, j, x)
+            h = bias + v[0] * x
+            for d in tl.static_range(1, KP):
+                h += v[d] * ring[(j - d) % KP]
+            s = tl.where(h >= 0.0, 1.0, 0.0).to(s_ptr.dtype.element_ty)
+            tl.store(io_hint(srow, cols, VEC, -1), s, mask=live)
+            xrow += M
+            srow += M
 
 
-@triton.jit(do_not_specialize=["M", "T", "K", "n_tiles", "sg_kind"])
+@triton.jit(
+    do_not_specialize=["M", "T", "K", "n_tiles", "sg_kind"],
+    do_not_specialize_on_alignment=["x_ptr", "gs_ptr", "w_ptr", "b_ptr", "gx_ptr",
+                                    "part_ptr"],
+)  # fmt: skip
 def sliding_backward_kernel(
     x_ptr,  # [T, M]
     gs_ptr,  # [T, M] grad_S, X's dtype
@@ -115,68 +127,63 @@ def sliding_backward_kernel(
     sg_a,
     sg_c,
     sg_d,
-    HAS_PREV: tl.constexpr,
-    BT: tl.constexpr,
+    KP: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    PRECISION: tl.constexpr,
-    PART: tl.constexpr = 0,
+    VEC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     G = tl.num_programs(0)
-    r = tl.arange(0, BT)
-    A, dA = _band(w_ptr, K, BT, False)
-    B, dB = _band(w_ptr, K, BT, True)
-    At = tl.trans(A)
-    Bt = tl.trans(B)
+    M = aligned_m(M, VEC)
+    v = _taps(w_ptr, K, KP)
     bias = tl.load(b_ptr)
-    CA = tl.zeros([BT, BT], dtype=tl.float32)
-    CB = tl.zeros([BT, BT], dtype=tl.float32)
-    gb = tl.zeros([BT], dtype=tl.float32)
-    n_t = tl.cdiv(T, BT)
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = (zero,) * KP  # sum over time of GH[t] X[t - d], per neuron
+    accb = zero
+    n_blocks = tl.cdiv(T, KP)
+    t_last = (n_blocks - 1) * KP  # first step of the last block
+    M64 = M.to(tl.int64)
     for tile in range(pid, n_tiles, G):
         cols = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         cmask = cols < M
-        rows = (n_t - 1) * BT + r
-        x = tl.load(
-            x_ptr + rows[:, None].to(tl.int64) * M + cols[None, :],
-            mask=(rows < T)[:, None] & cmask[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        gh_next = tl.zeros([BT, BLOCK_M], dtype=tl.float32)
-        for i in range(0, n_t):
-            t0 = (n_t - 1 - i) * BT
-            rows = t0 + r
-            offs = rows[:, None].to(tl.int64) * M + cols[None, :]
-            mask = (rows < T)[:, None] & cmask[None, :]
-            prev = rows - BT
-            x_prev = tl.load(
-                x_ptr + prev[:, None].to(tl.int64) * M + cols[None, :],
-                mask=(prev >= 0)[:, None] & cmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            gs = tl.load(gs_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            h = tl.dot(A, x, input_precision=PRECISION)
-            if HAS_PREV:
-                h = tl.dot(B, x_prev, acc=h, input_precision=PRECISION)
-            gh = surrogate_grad(h + bias, sg_kind, sg_a, sg_c, sg_d) * gs
-            if PART != 2:
-                gx = tl.dot(At, gh, input_precision=PRECISION)
-                if HAS_PREV:
-                    gx = tl.dot(Bt, gh_next, acc=gx, input_precision=PRECISION)
-                tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-            if PART != 1:
-                CA = tl.dot(gh, tl.trans(x), acc=CA, input_precision=PRECISION)
-                if HAS_PREV:
-                    CB = tl.dot(gh, tl.trans(x_prev), acc=CB, input_precision=PRECISION)
-                gb += tl.sum(gh, axis=1)
-            gh_next = gh
-            x = x_prev
-    if PART != 1:
-        # grad_w[K - 1 - d]: the d-th diagonals of CA and CB, in a fixed order
-        base = part_ptr + pid * (K + 1)
-        for d in range(0, K):
-            g = tl.sum(tl.sum(tl.where(dA == d, CA, 0.0), axis=1), axis=0)
-            if HAS_PREV:
-                g += tl.sum(tl.sum(tl.where(dB == d, CB, 0.0), axis=1), axis=0)
-            tl.store(base + (K - 1 - d), g)
-        tl.store(base + K, tl.sum(gb, axis=0))
+        # the ring of inputs: slot s holds X[t0 + s] (s <= j) or X[t0 - KP + s]
+        xr = (zero,) * KP
+        px = x_ptr + t_last * M64  # row t0
+        for s in tl.static_range(KP):
+            live = cmask & (t_last + s < T)
+            xs = tl.load(io_hint(px + s * M64, cols, VEC, -1), mask=live, other=0.0)
+            xr = _put(xr, s, xs.to(tl.float32))
+        gr = (zero,) * KP  # slot s: GH[t0 + s] (s >= j) or GH[t0 + KP + s]
+        pg = gs_ptr + t_last * M64
+        po = gx_ptr + t_last * M64
+        pp = px - KP * M64  # row t0 - KP
+        for i in range(0, n_blocks):
+            t0 = t_last - i * KP
+            for j in tl.static_range(KP - 1, -1, -1):  # step t = t0 + j, descending
+                live = cmask & (t0 + j < T)
+                gs = tl.load(io_hint(pg + j * M64, cols, VEC, -1), mask=live, other=0.0)
+                h = bias + v[0] * xr[j]
+                for d in tl.static_range(1, KP):
+                    h += v[d] * xr[(j - d) % KP]
+                gh = surrogate_grad(h, sg_kind, sg_a, sg_c, sg_d) * gs.to(tl.float32)
+                gr = _put(gr, j, gh)
+                gx = v[0] * gh
+                for d in tl.static_range(1, KP):
+                    gx += v[d] * gr[(j + d) % KP]
+                tl.store(io_hint(po + j * M64, cols, VEC, -1),
+                         gx.to(gx_ptr.dtype.element_ty), mask=live)  # fmt: skip
+                for d in tl.static_range(KP):
+                    acc = _put(acc, d, acc[d] + gh * xr[(j - d) % KP])
+                accb += gh
+                # X[t0 - KP + j] replaces X[t0 + j] (no longer needed)
+                early = cmask & (t0 - KP + j >= 0)
+                xe = tl.load(
+                    io_hint(pp + j * M64, cols, VEC, -1), mask=early, other=0.0
+                )
+                xr = _put(xr, j, xe.to(tl.float32))
+            pg -= KP * M64
+            po -= KP * M64
+            pp -= KP * M64
+    base = part_ptr + pid * (K + 1)
+    for d in tl.static_range(KP):
+        tl.store(base + (K - 1 - d), tl.sum(acc[d], axis=0), mask=d < K)
+    tl.store(base + K, tl.sum(accb, axis=0))
